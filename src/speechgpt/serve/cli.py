@@ -1,0 +1,47 @@
+"""The ``speechgpt`` command: one Typer app with a sub-app per pipeline stage."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+import typer
+
+from speechgpt.serve.units_cli import units_app
+
+app = typer.Typer(
+    name="speechgpt",
+    help="SpeechGPT without fairseq: speech units, training, inference. Every command takes --help.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(units_app, name="units")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(version("speechgpt"))
+        except PackageNotFoundError:
+            typer.echo("unknown")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """SpeechGPT without fairseq: speech units, training, inference."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
