@@ -2,13 +2,7 @@ import json
 
 import pytest
 
-from speechgpt.jsonl import JsonlError, ResumableJsonlWriter, atomic_write_text, read_jsonl
-
-
-def test_atomic_write_creates_parents_and_leaves_no_temp(tmp_path):
-    target = atomic_write_text(tmp_path / "a" / "b.txt", "hello\n")
-    assert target.read_text() == "hello\n"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["b.txt"]
+from speechgpt.jsonl import JsonlError, ResumableJsonlWriter, read_jsonl
 
 
 def test_read_jsonl_names_file_and_line(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TypeAlias
 
@@ -19,6 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
+
+from speechgpt.fileio import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +134,8 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray | torch.Tensor, sample_r
         raise AudioError(str(path), "waveform contains NaN or inf samples")
     # Scale by 2**15 (libsndfile reads int16 as x / 2**15), so a round trip is exact up to rounding.
     pcm = np.clip(np.round(samples.astype(np.float64) * 2.0**15), -(2**15), 2**15 - 1).astype(np.int16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); the result is an ordinary shared file
+    with atomic_output(path) as tmp:
         sf.write(tmp, pcm, sample_rate, format="WAV", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     logger.debug("wrote %s (%.2f s)", path, pcm.size / sample_rate)
     return path
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from speechgpt.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -333,17 +334,7 @@ class KMeans:
             "info": json.dumps(self.info, sort_keys=True),
         }
         blob = save({CENTERS_KEY: np.ascontiguousarray(self._centers)}, metadata=metadata)
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, blob)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str | None = None) -> KMeans:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from speechgpt.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, AudioError, AudioSource, load_audio
-from speechgpt.jsonl import atomic_write_text
+from speechgpt.fileio import atomic_write_text
 from speechgpt.units.base import FRAME_RATE, WINDOW_LENGTH, FeatureExtractor
 from speechgpt.units.kmeans import KMeans
 from speechgpt.units.light import LightFeatureConfig, LightFeatures
