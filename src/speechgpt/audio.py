@@ -19,12 +19,11 @@ import soundfile as sf
 import soxr
 import torch
 
+from speechgpt.constants import SAMPLE_RATE
 from speechgpt.fileio import atomic_output
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-"""Sample rate (Hz) of every waveform inside the package (HuBERT's input rate)."""
 DEFAULT_MAX_SECONDS = 1800.0
 """Longest input :func:`load_audio` accepts by default (30 min), so one stray file cannot exhaust memory."""
 MAX_CHANNELS = 8

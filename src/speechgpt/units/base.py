@@ -1,8 +1,7 @@
 """The feature-extractor interface shared by HuBERT and the light CPU extractor.
 
-Units are 50 per second: one frame per 320 samples of 16 kHz audio, with a 400-sample (25 ms)
-receptive field, exactly like HuBERT's convolutional front end. Every extractor follows the same
-framing so that units from any extractor line up with the vocoder's hop of 320 samples.
+Every extractor follows HuBERT's framing (:mod:`speechgpt.constants`: 50 frames/s, 25 ms windows), so units
+from any extractor line up with the vocoder's hop of 320 samples.
 """
 
 from __future__ import annotations
@@ -12,14 +11,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from speechgpt.audio import SAMPLE_RATE
+from speechgpt.constants import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, WINDOW_LENGTH
 
-HOP_LENGTH = 320
-"""Samples between two unit frames at :data:`SAMPLE_RATE`."""
-WINDOW_LENGTH = 400
-"""Samples seen by one frame (HuBERT's receptive field, 25 ms)."""
-FRAME_RATE = SAMPLE_RATE / HOP_LENGTH
-"""Unit frames per second (50)."""
+__all__ = ["FRAME_RATE", "HOP_LENGTH", "SAMPLE_RATE", "WINDOW_LENGTH", "FeatureExtractor", "num_frames"]
 
 
 def num_frames(num_samples: int) -> int:

@@ -121,6 +121,32 @@ def load_wave_for_units(
     return wave
 
 
+def read_tokenizer_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``tokenizer_config.json`` of a tokenizer folder, checked.
+
+    Raises:
+        FileNotFoundError: when the folder or its config is missing.
+        ValueError: when the config is not valid JSON or not a speech-tokenizer config.
+    """
+    config_path = Path(directory) / TOKENIZER_CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a speech tokenizer folder (no {TOKENIZER_CONFIG_NAME})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != TOKENIZER_FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise ValueError(f"{config_path}: 'format' is {found!r}, expected {TOKENIZER_FORMAT!r}")
+    return config
+
+
+def load_codebook(directory: str | os.PathLike) -> KMeans:
+    """Only the k-means of a tokenizer folder (unit count and centres), without loading its feature extractor."""
+    config = read_tokenizer_config(directory)
+    return KMeans.load(Path(directory) / config.get("kmeans", KMEANS_FILE_NAME))
+
+
 class SpeechTokenizer:
     """Feature extractor + k-means: turns audio into :class:`Units`.
 
@@ -201,15 +227,8 @@ class SpeechTokenizer:
             ValueError: when the config is not a speech-tokenizer config.
         """
         directory = Path(directory)
+        config = read_tokenizer_config(directory)
         config_path = directory / TOKENIZER_CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory}: not a speech tokenizer folder (no {TOKENIZER_CONFIG_NAME})")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON ({e.msg})") from e
-        if config.get("format") != TOKENIZER_FORMAT:
-            raise ValueError(f"{config_path}: 'format' is {config.get('format')!r}, expected {TOKENIZER_FORMAT!r}")
         spec = config.get("extractor", {})
         extractor: FeatureExtractor
         if spec.get("type") == "light":
@@ -224,8 +243,7 @@ class SpeechTokenizer:
             raise ValueError(
                 f"{config_path}: unknown extractor type {spec.get('type')!r}; expected 'light' or 'hubert'"
             )
-        kmeans = KMeans.load(directory / config.get("kmeans", KMEANS_FILE_NAME))
-        return cls(extractor, kmeans, **kwargs)
+        return cls(extractor, load_codebook(directory), **kwargs)
 
     @classmethod
     def from_released(
