@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from speechgpt.serve.units_cli import units_app
+from speechgpt.serve.vocode_cli import vocode
+from speechgpt.serve.vocoder_cli import vocoder_app
 
 app = typer.Typer(
     name="speechgpt",
@@ -18,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(units_app, name="units")
+app.command("vocode")(vocode)
+app.add_typer(vocoder_app, name="vocoder")
 
 
 def _version_callback(value: bool) -> None:
