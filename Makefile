@@ -31,6 +31,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/units.py
+	$(BIN)/python benchmarks/vocoder.py
+	$(BIN)/python benchmarks/vocoder_fast.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
