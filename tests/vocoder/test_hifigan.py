@@ -8,6 +8,7 @@ import torch
 from speechgpt.convert.fairseq_hifigan import convert_state_dict
 from speechgpt.units.base import HOP_LENGTH
 from speechgpt.vocoder import UnitHiFiGAN, VocoderConfig
+from speechgpt.vocoder._fast_ops import onednn_available
 from speechgpt.vocoder.hifigan import CONFIG_NAME, VOCODER_FORMAT, WEIGHTS_NAME
 from tests.hifigan_reference import (
     RELEASED_FAIRSEQ_CONFIG,
@@ -229,6 +230,65 @@ def test_batch_errors_name_the_item(model):
         model.synthesize_batch([])
     with pytest.raises(ValueError, match="durations has 1 entries for 2 unit sequences"):
         model.synthesize_batch([[1], [2]], durations=[[1]])
+
+
+# --- fused oneDNN inference path ---------------------------------------------------------------------------------
+
+
+def plain_synthesize(model, *args, **kwargs):
+    """Synthesis through the nn modules, with the fused path switched off."""
+    model.generator.fast_inference = False
+    try:
+        return model.synthesize(*args, **kwargs)
+    finally:
+        model.generator.fast_inference = True
+
+
+def test_fast_path_runs_and_equals_the_plain_modules(model, released_sd):
+    assert onednn_available() == torch.backends.mkldnn.is_available()  # this build ships the fused ops
+    model.generator.__dict__.pop("_fast_generator", None)
+    units = units_off_boundary(released_sd, 60, 7)
+    fast = model.synthesize(units)
+    assert ("_fast_generator" in model.generator.__dict__) == onednn_available()
+    plain = plain_synthesize(model, units)
+    expected, _ = reference_synthesize(released_sd, TINY_FAIRSEQ_CONFIG, units)
+    assert (fast - plain).abs().max() <= TOLERANCE and (fast - expected).abs().max() <= TOLERANCE
+    # equal lengths: the batch has no padding, so it takes the fused path too
+    seqs = [random_units(20, seed) for seed in range(3)]
+    batch = model.synthesize_batch(seqs, dur_prediction=False)
+    plain = [plain_synthesize(model, s, dur_prediction=False) for s in seqs]
+    assert max((b - p).abs().max() for b, p in zip(batch, plain, strict=True)) <= TOLERANCE
+
+
+def test_fast_path_repacks_when_weights_change(model):
+    units = random_units(12, 4)
+    before = model.synthesize(units)
+    weight = model.generator.blocks[4].convs2[1].weight
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)  # in-place update, as an optimizer step does
+        changed = model.synthesize(units)
+        assert (changed - before).abs().max() > 1e-3
+        assert (changed - plain_synthesize(model, units)).abs().max() <= TOLERANCE
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert (model.synthesize(units) - before).abs().max() <= TOLERANCE
+
+
+def test_without_onednn_the_plain_modules_run(model, monkeypatch):
+    units = random_units(15, 6)
+    expected = plain_synthesize(model, units)
+    onednn_available.cache_clear()
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    model.generator.__dict__.pop("_fast_generator", None)
+    try:
+        assert not onednn_available()
+        assert torch.equal(model.synthesize(units), expected)
+        assert "_fast_generator" not in model.generator.__dict__
+    finally:
+        onednn_available.cache_clear()
 
 
 # --- training path ------------------------------------------------------------------------------------------------
