@@ -46,7 +46,10 @@ MaxSecondsOpt = Annotated[
     float, typer.Option("--max-seconds", help="Reject recordings longer than this (seconds).", min=0.1)
 ]
 DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="Torch device for HuBERT, e.g. cpu or cuda:0 (default: cpu).")
+    str | None,
+    typer.Option(
+        "--device", help="Torch device for HuBERT, e.g. cpu or cuda:0 (default: cuda when present, else cpu)."
+    ),
 ]
 LayerOpt = Annotated[int, typer.Option("--layer", help="HuBERT transformer layer whose output is clustered.", min=1)]
 

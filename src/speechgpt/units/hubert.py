@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from transformers import HubertModel
 
 from speechgpt.audio import SAMPLE_RATE
+from speechgpt.devices import resolve_device
 
 __all__ = ["DEFAULT_LAYER", "MAX_CHUNK_SAMPLES", "HubertFeatures"]
 
@@ -297,6 +298,8 @@ class HubertFeatures:
     ) -> HubertFeatures:
         """Load a Hugging Face HuBERT folder (``config.json`` + safetensors), never downloading.
 
+        ``device=None`` means CUDA when present, else the CPU.
+
         Raises:
             FileNotFoundError: if the folder or its ``config.json`` is missing.
         """
@@ -304,7 +307,7 @@ class HubertFeatures:
         if not (hf_dir / "config.json").is_file():
             raise FileNotFoundError(f"{hf_dir}: not a Hugging Face model folder (no config.json)")
         model = HubertModel.from_pretrained(str(hf_dir), local_files_only=True)
-        return cls(model, layer=layer, device=device)
+        return cls(model, layer=layer, device=resolve_device(device))
 
     @classmethod
     def from_fairseq(
@@ -316,6 +319,8 @@ class HubertFeatures:
         verify_sha256: bool = False,
     ) -> HubertFeatures:
         """Load a fairseq HuBERT checkpoint (the released ``mhubert_base_vp_en_es_fr_it3.pt``) without fairseq.
+
+        ``device=None`` means CUDA when present, else the CPU.
 
         Raises:
             FileNotFoundError: if ``path`` is not a file.
@@ -331,7 +336,7 @@ class HubertFeatures:
         left_on_meta = [name for name, t in model.state_dict().items() if t.is_meta]
         if left_on_meta:  # every tensor must have come from the checkpoint
             raise RuntimeError(f"{path}: tensors not loaded from the checkpoint: {left_on_meta}")
-        return cls(model, layer=layer, device=device)
+        return cls(model, layer=layer, device=resolve_device(device))
 
     @classmethod
     def load(
