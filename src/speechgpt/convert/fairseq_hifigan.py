@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
+from speechgpt.devices import resolve_device
 from speechgpt.vocoder.config import VocoderConfig
-from speechgpt.vocoder.hifigan import UnitHiFiGAN, resolve_device
+from speechgpt.vocoder.hifigan import UnitHiFiGAN
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,9 @@ __all__ = [
     "Vocoder",
     "as_durations",
     "as_unit_ids",
-    "check_no_speaker",
+    "check_batch",
+    "check_speaker",
+    "durations_from_log",
     "load_vocoder",
     "vocoder_type",
 ]
@@ -168,14 +170,59 @@ def as_durations(durations: UnitsLike, keep: torch.Tensor, name: str = "duration
     return values
 
 
-def check_no_speaker(speaker: int | None) -> None:
-    """Single-speaker vocoders take no speaker id.
+def check_speaker(speaker: int | None, num_speakers: int = 0) -> None:
+    """A single-speaker vocoder takes no speaker id; a multi-speaker one needs one in ``0..num_speakers-1``.
 
     Raises:
-        ValueError: ``speaker`` is not None.
+        ValueError: a speaker for a single-speaker vocoder, none for a multi-speaker one, or one out of range.
     """
-    if speaker is not None:
-        raise ValueError(f"speaker={speaker!r} given, but this vocoder is single-speaker")
+    if num_speakers == 0:
+        if speaker is not None:
+            raise ValueError(f"speaker={speaker!r} given, but this vocoder is single-speaker (num_speakers=0)")
+        return
+    if speaker is None:
+        raise ValueError(f"this vocoder has {num_speakers} speakers; pass speaker=0..{num_speakers - 1}")
+    if not isinstance(speaker, int) or isinstance(speaker, bool) or not 0 <= speaker < num_speakers:
+        raise ValueError(f"speaker {speaker!r} is out of range; this vocoder has speakers 0..{num_speakers - 1}")
+
+
+def check_batch(
+    unit_seqs: Sequence[UnitsLike],
+    num_units: int,
+    durations: Sequence[UnitsLike] | None = None,
+    speakers: Sequence[int] | None = None,
+    num_speakers: int = 0,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The checks every ``synthesize_batch`` runs before making any audio, so that a bad item costs no work.
+
+    Returns:
+        Per item, the validated ids (as :func:`as_unit_ids`), and the validated durations (as :func:`as_durations`,
+        None when ``durations`` is None).
+
+    Raises:
+        ValueError: no sequences, mismatched ``durations``/``speakers`` counts, or a bad item (named by index).
+    """
+    if len(unit_seqs) == 0:
+        raise ValueError("unit_seqs is empty: nothing to synthesize")
+    if durations is not None and len(durations) != len(unit_seqs):
+        raise ValueError(f"durations has {len(durations)} entries for {len(unit_seqs)} unit sequences")
+    if speakers is not None and len(speakers) != len(unit_seqs):
+        raise ValueError(f"speakers has {len(speakers)} entries for {len(unit_seqs)} unit sequences")
+    checked = [as_unit_ids(seq, num_units, f"unit_seqs[{b}]") for b, seq in enumerate(unit_seqs)]
+    for speaker in speakers if speakers is not None else [None] * len(unit_seqs):
+        check_speaker(speaker, num_speakers)
+    given = None
+    if durations is not None:
+        given = [as_durations(d, checked[b][1], f"durations[{b}]") for b, d in enumerate(durations)]
+    return [ids for ids, _ in checked], given
+
+
+def durations_from_log(log_durations: torch.Tensor) -> torch.Tensor:
+    """Frames per unit from predicted log durations: ``clamp(round(exp(d) - 1), min=1)`` (round half to even).
+
+    Duration predictors are trained on ``log(1 + frames)``, hence the ``- 1``; every unit keeps at least one frame.
+    """
+    return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
 
 
 # --- loading ----------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ tiny convolution stacks:
 The excitation depends only on the absolute sample index (pulses every ``round(sample_rate / f0)`` samples, noise
 read from a stored table), and every stage looks at a bounded number of neighbouring frames, so synthesizing a
 window of frames with enough context on each side gives exactly the samples of one-shot synthesis. Streaming
-(:class:`FastStreamingSynthesizer`) relies on that.
+(:class:`~speechgpt.vocoder.streaming.StreamingSynthesizer`, through :meth:`FastVocoder.render_frames`) relies on
+that.
 
 Frames and samples line up with the unit extractors: unit frame ``f`` is analysed around sample
 ``HOP_LENGTH * f + WINDOW_LENGTH / 2`` and its envelope is rendered centred there, and ``F`` frames give exactly
@@ -49,7 +50,6 @@ import json
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechgpt.audio import SAMPLE_RATE
+from speechgpt.devices import resolve_device
 from speechgpt.fileio import atomic_write_bytes, atomic_write_text
 from speechgpt.units.base import HOP_LENGTH, WINDOW_LENGTH, num_frames
 from speechgpt.vocoder.base import (
@@ -70,14 +71,16 @@ from speechgpt.vocoder.base import (
     UnitsLike,
     as_durations,
     as_unit_ids,
-    check_no_speaker,
+    check_batch,
+    check_speaker,
+    durations_from_log,
 )
+from speechgpt.vocoder.streaming import StreamingSynthesizer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "FAST_VOCODER_FORMAT",
-    "FastStreamingSynthesizer",
     "FastVocoder",
     "FastVocoderConfig",
     "FrameRefiner",
@@ -107,11 +110,6 @@ RENDER_CHUNK_FRAMES = 2048
 """Synthesis frames filtered at once; bounds memory for long inputs."""
 DURATION_LAYERS = 2
 DURATION_KERNEL = 3
-
-
-def durations_from_log(log_durations: torch.Tensor) -> torch.Tensor:
-    """Frames per unit from ``log(1 + frames)``: ``clamp(round(exp(d) - 1), min=1)``, as the unit HiFi-GAN does."""
-    return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
 
 
 @dataclass(frozen=True)
@@ -365,6 +363,11 @@ class FastVocoder(nn.Module):
         return self.unit_features.device
 
     @property
+    def num_speakers(self) -> int:
+        """Always 0: one monotone voice."""
+        return 0
+
+    @property
     def render_context(self) -> tuple[int, int]:
         """Frames ``(left, right)`` whose features the samples of one frame depend on in :meth:`render`."""
         half = self.config.n_fft // 2
@@ -432,6 +435,14 @@ class FastVocoder(nn.Module):
             out.index_add_(0, (samples + size).reshape(-1), (filtered * self._window).reshape(-1))
         return (out[size : size + length] / self._overlap_gain).clamp(-1.0, 1.0)
 
+    def render_frames(self, frame_ids: torch.Tensor, first_frame: int = 0, speaker: int | None = None) -> torch.Tensor:
+        """Samples ``[F * hop_length]`` of frame-level ids ``[F]``, the first being frame ``first_frame``.
+
+        The streaming protocol's rendering step (see :meth:`render`); ``speaker`` is accepted for that protocol and
+        unused (callers check it is None).
+        """
+        return self.render(self.frame_features(frame_ids[None])[0], first_frame=first_frame)
+
     # --- inference ----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -444,11 +455,10 @@ class FastVocoder(nn.Module):
         ids, _ = as_unit_ids(units, self.num_units)
         return durations_from_log(self.log_durations(ids[None].to(self.device)))[0].cpu()
 
-    def _frames_per_unit(
-        self, ids: torch.Tensor, keep: torch.Tensor, dur_prediction: bool, durations: UnitsLike | None, name: str
-    ) -> torch.Tensor:
+    def _frames_per_unit(self, ids: torch.Tensor, dur_prediction: bool, durations: torch.Tensor | None) -> torch.Tensor:
+        """Frames of each unit: the given (already validated) durations, else predicted, else one each."""
         if durations is not None:
-            return as_durations(durations, keep, name).to(self.device)
+            return durations.to(self.device)
         if dur_prediction:
             return durations_from_log(self.log_durations(ids[None].to(self.device)))[0]
         return torch.ones_like(ids, device=self.device)
@@ -473,13 +483,11 @@ class FastVocoder(nn.Module):
         Raises:
             ValueError: empty input, non-integer ids, an id outside ``0..num_units-1``, bad durations, a speaker.
         """
-        check_no_speaker(speaker)
+        check_speaker(speaker)
         ids, keep = as_unit_ids(units, self.num_units)
+        given = None if durations is None else as_durations(durations, keep)
         ids = ids.to(self.device)
-        frame_ids = torch.repeat_interleave(
-            ids, self._frames_per_unit(ids, keep, dur_prediction, durations, "durations")
-        )
-        return self.render(self.frame_features(frame_ids[None])[0])
+        return self.render_frames(torch.repeat_interleave(ids, self._frames_per_unit(ids, dur_prediction, given)))
 
     @torch.inference_mode()
     def synthesize_batch(
@@ -497,22 +505,12 @@ class FastVocoder(nn.Module):
         Raises:
             ValueError: as :meth:`synthesize`, naming the item; or mismatched ``durations``/``speakers`` counts.
         """
-        if len(unit_seqs) == 0:
-            raise ValueError("unit_seqs is empty: nothing to synthesize")
-        if durations is not None and len(durations) != len(unit_seqs):
-            raise ValueError(f"durations has {len(durations)} entries for {len(unit_seqs)} unit sequences")
-        if speakers is not None:
-            if len(speakers) != len(unit_seqs):
-                raise ValueError(f"speakers has {len(speakers)} entries for {len(unit_seqs)} unit sequences")
-            for speaker in speakers:
-                check_no_speaker(speaker)
-        checked = [as_unit_ids(seq, self.num_units, f"unit_seqs[{b}]") for b, seq in enumerate(unit_seqs)]
+        ids, given = check_batch(unit_seqs, self.num_units, durations, speakers)
         frame_ids = []
-        for b, (ids, keep) in enumerate(checked):
-            given = None if durations is None else durations[b]
-            counts = self._frames_per_unit(ids, keep, dur_prediction, given, f"durations[{b}]")
-            frame_ids.append(torch.repeat_interleave(ids.to(self.device), counts))
-        return [self.render(self.frame_features(ids[None])[0]) for ids in frame_ids]
+        for b, item in enumerate(ids):
+            counts = self._frames_per_unit(item, dur_prediction, None if given is None else given[b])
+            frame_ids.append(torch.repeat_interleave(item.to(self.device), counts))
+        return [self.render_frames(item) for item in frame_ids]
 
     def synthesize_stream(
         self,
@@ -531,11 +529,10 @@ class FastVocoder(nn.Module):
         Raises:
             ValueError: bad ids in a chunk (named by chunk number), a speaker, or no units at all.
         """
-        check_no_speaker(speaker)
-        stream = FastStreamingSynthesizer(
-            self, dur_prediction=dur_prediction, left_context=left_context, right_context=right_context
+        stream = StreamingSynthesizer(
+            self, dur_prediction=dur_prediction, left_context=left_context, right_context=right_context, speaker=speaker
         )
-        return _drive(stream, unit_chunks)
+        return stream.feed(unit_chunks)
 
     # --- persistence --------------------------------------------------------------------------------------------
 
@@ -605,151 +602,4 @@ class FastVocoder(nn.Module):
                 )
         model.load_state_dict(state, strict=True)
         model.info = {k: v for k, v in metadata.items() if k != "format"}
-        return model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
-
-
-# --- streaming ----------------------------------------------------------------------------------------------------
-
-
-class FastStreamingSynthesizer:
-    """Push unit chunks as they arrive, get the audio that is final so far; :meth:`finish` flushes the rest.
-
-    Frames are synthesized in windows that reach ``left_context`` frames before the first new frame and
-    ``right_context`` frames after the last; with the default contexts (the model's :attr:`FastVocoder.frame_context`)
-    every emitted sample equals one-shot synthesis up to float rounding. Only the context is kept, so memory stays
-    bounded however long the stream.
-
-    Args:
-        model: The vocoder.
-        dur_prediction: Predict durations (else one frame per unit).
-        left_context: Frames before each window's new frames; default exact.
-        right_context: Frames held back until more arrive; default exact.
-    """
-
-    def __init__(
-        self,
-        model: FastVocoder,
-        *,
-        dur_prediction: bool = True,
-        left_context: int | None = None,
-        right_context: int | None = None,
-    ) -> None:
-        exact_left, exact_right = model.frame_context
-        self.left_context = exact_left if left_context is None else left_context
-        self.right_context = exact_right if right_context is None else right_context
-        for name, value in (("left_context", self.left_context), ("right_context", self.right_context)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0 (frames), got {value!r}")
-        self.model = model
-        self.dur_prediction = dur_prediction
-        self.unit_context = model.duration.context if dur_prediction else 0
-        device = model.device
-        self._units = torch.empty(0, dtype=torch.long, device=device)  # units from _units_start on
-        self._units_start = 0
-        self._units_received = 0
-        self._units_final = 0  # units whose duration is fixed
-        self._frames = torch.empty(0, dtype=torch.long, device=device)  # frame ids from _frames_start on
-        self._frames_start = 0
-        self._frames_final = 0
-        self._frames_emitted = 0
-        self._unit_ends: deque[int] = deque()  # frame end of each final unit not yet fully emitted
-        self._units_emitted = 0
-        self._chunks = 0
-        self.finished = False
-
-    @property
-    def units_received(self) -> int:
-        """Units (ids >= 0) pushed so far."""
-        return self._units_received
-
-    @property
-    def units_pending(self) -> int:
-        """Units received whose audio is not fully out yet (the latency, in units)."""
-        return self._units_received - self._units_emitted
-
-    @property
-    def frames_emitted(self) -> int:
-        """Frames whose samples have been returned."""
-        return self._frames_emitted
-
-    @torch.inference_mode()
-    def push(self, units: UnitsLike) -> torch.Tensor:
-        """Add units; return the samples that became final (possibly none: a ``[0]`` tensor).
-
-        Raises:
-            ValueError: bad ids (named by chunk number), or the stream is finished.
-        """
-        if self.finished:
-            raise ValueError("the stream is finished; start a new one")
-        ids, _ = as_unit_ids(units, self.model.num_units, f"unit chunk {self._chunks}", allow_empty=True)
-        self._chunks += 1
-        if ids.numel():
-            self._units = torch.cat([self._units, ids.to(self.model.device)])
-            self._units_received += ids.numel()
-            self._finalize_durations(self._units_received - self.unit_context)
-        return self._emit(self._frames_final - self.right_context)
-
-    @torch.inference_mode()
-    def finish(self) -> torch.Tensor:
-        """End the stream and return the remaining samples.
-
-        Raises:
-            ValueError: no units arrived at all, or the stream is already finished.
-        """
-        if self.finished:
-            raise ValueError("the stream is already finished")
-        self.finished = True
-        if self._units_received == 0:
-            raise ValueError("the unit stream held no units (no ids >= 0) to synthesize")
-        self._finalize_durations(self._units_received)
-        return self._emit(self._frames_final)
-
-    def _finalize_durations(self, upto: int) -> None:
-        """Fix the durations of units ``[_units_final, upto)`` and append their frames."""
-        if upto <= self._units_final:
-            return
-        first = self._units_final - self._units_start
-        new_units = self._units[first : upto - self._units_start]
-        if self.dur_prediction:
-            # The buffer holds unit_context units before the first new one and everything received after it, so
-            # each new unit sees the neighbours it sees in one-shot prediction.
-            log_durations = self.model.log_durations(self._units[None])[0]
-            durations = durations_from_log(log_durations[first : upto - self._units_start])
-        else:
-            durations = torch.ones_like(new_units)
-        self._frames = torch.cat([self._frames, torch.repeat_interleave(new_units, durations)])
-        for end in torch.cumsum(durations, 0).tolist():
-            self._unit_ends.append(self._frames_final + end)
-        self._frames_final += int(durations.sum())
-        self._units_final = upto
-        keep_from = max(0, self._units_final - self.unit_context)
-        self._units = self._units[keep_from - self._units_start :]
-        self._units_start = keep_from
-
-    def _emit(self, target: int) -> torch.Tensor:
-        """Synthesize frames ``[_frames_emitted, target)`` from a window with context; return their samples."""
-        if target <= self._frames_emitted:
-            return torch.empty(0, device=self.model.device)
-        start = max(0, self._frames_emitted - self.left_context)
-        end = min(self._frames_final, target + self.right_context)
-        window = self._frames[start - self._frames_start : end - self._frames_start]
-        wave = self.model.render(self.model.frame_features(window[None])[0], first_frame=start)
-        out = wave[(self._frames_emitted - start) * HOP_LENGTH : (target - start) * HOP_LENGTH]
-        self._frames_emitted = target
-        while self._unit_ends and self._unit_ends[0] <= target:
-            self._unit_ends.popleft()
-            self._units_emitted += 1
-        keep_from = max(0, target - self.left_context)
-        self._frames = self._frames[keep_from - self._frames_start :]
-        self._frames_start = keep_from
-        return out
-
-
-def _drive(stream: FastStreamingSynthesizer, unit_chunks: Iterable[UnitsLike]) -> Iterator[torch.Tensor]:
-    for chunk in unit_chunks:
-        piece = stream.push(chunk)
-        if piece.numel():
-            yield piece
-    piece = stream.finish()
-    if piece.numel():
-        yield piece
+        return model.to(resolve_device(device)).eval()

@@ -36,15 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from speechgpt.devices import resolve_device
 from speechgpt.fileio import atomic_write_bytes, atomic_write_text
 from speechgpt.vocoder._fast_ops import FastGenerator, onednn_available
+from speechgpt.vocoder.base import UnitsLike, as_durations, as_unit_ids, check_batch, check_speaker, durations_from_log
 from speechgpt.vocoder.config import VocoderConfig
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ __all__ = [
     "UnitHiFiGAN",
     "VocoderOutput",
     "durations_from_log",
-    "resolve_device",
 ]
 
 LRELU_SLOPE = 0.1
@@ -77,24 +77,6 @@ CONFIG_NAME = "config.json"
 VOCODER_FORMAT = "speechgpt-unit-hifigan"
 """``format`` value in our ``config.json``; tells our folders apart from fairseq's ``config.json``."""
 VOCODER_VERSION = 1
-
-UnitsLike = Sequence[int] | torch.Tensor | np.ndarray
-"""One unit sequence: a list of ids, a 1-D integer tensor/array (or ``[1, T]``)."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to use: the one given, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def durations_from_log(log_durations: torch.Tensor) -> torch.Tensor:
-    """Frames per unit from predicted log durations: ``clamp(round(exp(d) - 1), min=1)`` (round half to even).
-
-    The predictor is trained on ``log(1 + frames)``, hence the ``- 1``; every unit keeps at least one frame.
-    """
-    return torch.clamp(torch.round(torch.exp(log_durations) - 1).long(), min=1)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -322,64 +304,17 @@ class UnitHiFiGAN(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    # --- input checks -----------------------------------------------------------------------------------------
+    @property
+    def num_speakers(self) -> int:
+        """Speakers of a multi-speaker vocoder; 0 when single-speaker."""
+        return self.config.num_speakers
 
-    def _as_ids(
-        self, units: UnitsLike, name: str = "units", *, allow_empty: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated 1-D ids on CPU with negatives dropped (as the release does), plus the keep-mask."""
-        if isinstance(units, np.ndarray):
-            units = torch.from_numpy(units)
-        if isinstance(units, torch.Tensor):
-            if units.is_floating_point() or units.is_complex() or units.dtype == torch.bool:
-                raise ValueError(f"{name} must hold integer unit ids, got a {units.dtype} tensor")
-            if units.dim() == 2 and units.shape[0] == 1:
-                units = units[0]
-            if units.dim() != 1:
-                raise ValueError(f"{name} must be one sequence [T] (or [1, T]), got shape {tuple(units.shape)}")
-            ids = units.detach().to("cpu", torch.long)
-        else:
-            values = list(units)
-            if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
-                bad = next(v for v in values if not isinstance(v, int | np.integer) or isinstance(v, bool))
-                raise ValueError(f"{name} must hold integer unit ids, got {bad!r}")
-            ids = torch.tensor(values, dtype=torch.long).reshape(-1)
-        keep = ids >= 0
-        ids = ids[keep]
-        if ids.numel() == 0 and not allow_empty:
-            raise ValueError(f"{name} is empty: no unit ids >= 0 to synthesize")
-        too_big = (ids >= self.num_units).nonzero()
-        if too_big.numel():
-            position = int(too_big[0])
-            raise ValueError(
-                f"{name}: unit id {int(ids[position])} (position {position}) is out of range; "
-                f"this vocoder knows units 0..{self.num_units - 1}"
-            )
-        return ids, keep
+    @property
+    def frame_context(self) -> tuple[int, int]:
+        """Frames ``(left, right)`` of context that one frame's samples depend on (the generator's receptive field)."""
+        from speechgpt.vocoder.streaming import generator_context
 
-    def _as_durations(self, durations: UnitsLike, keep: torch.Tensor, name: str = "durations") -> torch.Tensor:
-        """Validated durations aligned with the ids kept by :meth:`_as_ids`."""
-        values = torch.as_tensor(np.asarray(durations) if not isinstance(durations, torch.Tensor) else durations)
-        if values.is_floating_point() or values.dtype == torch.bool:
-            raise ValueError(f"{name} must be integer frame counts, got dtype {values.dtype}")
-        values = values.detach().to("cpu", torch.long).reshape(-1)
-        if values.numel() != keep.numel():
-            raise ValueError(f"{name} has {values.numel()} entries but there are {keep.numel()} units")
-        values = values[keep]
-        if (values < 1).any():
-            raise ValueError(f"{name} must be >= 1 frame each, got {int(values.min())}")
-        return values
-
-    def _check_speaker(self, speaker: int | None) -> None:
-        count = self.config.num_speakers
-        if count == 0:
-            if speaker is not None:
-                raise ValueError(f"speaker={speaker} given, but this vocoder is single-speaker (num_speakers=0)")
-            return
-        if speaker is None:
-            raise ValueError(f"this vocoder has {count} speakers; pass speaker=0..{count - 1}")
-        if not isinstance(speaker, int) or isinstance(speaker, bool) or not 0 <= speaker < count:
-            raise ValueError(f"speaker {speaker!r} is out of range; this vocoder has speakers 0..{count - 1}")
+        return generator_context(self.config)
 
     # --- pieces -----------------------------------------------------------------------------------------------
 
@@ -397,6 +332,15 @@ class UnitHiFiGAN(nn.Module):
         x = self.embed(units).transpose(1, 2)
         mask = None if unit_lengths is None else _length_mask(unit_lengths, units.shape[1], x.dtype)
         return self.duration(x, mask)
+
+    def render_frames(self, frame_ids: torch.Tensor, first_frame: int = 0, speaker: int | None = None) -> torch.Tensor:
+        """Waveform ``[F * hop]`` for frame-level ids ``[F]``: the generator alone, as streaming windows need it.
+
+        ``first_frame`` (a window's offset in the stream) is accepted for the streaming protocol and unused: the
+        generator is shift-invariant.
+        """
+        speakers = None if speaker is None else torch.tensor([speaker], device=self.device)
+        return self.generator(self.embed_frames(frame_ids[None], speakers))[0]
 
     def forward(
         self,
@@ -437,7 +381,7 @@ class UnitHiFiGAN(nn.Module):
         Raises:
             ValueError: empty input, non-integer ids, or an id outside ``0..num_units-1``.
         """
-        ids, _ = self._as_ids(units)
+        ids, _ = as_unit_ids(units, self.num_units)
         return durations_from_log(self.log_durations(ids[None].to(self.device)))[0].cpu()
 
     @torch.inference_mode()
@@ -460,18 +404,17 @@ class UnitHiFiGAN(nn.Module):
         Raises:
             ValueError: empty input, non-integer ids, an id outside ``0..num_units-1``, bad durations or speaker.
         """
-        ids, keep = self._as_ids(units)
-        self._check_speaker(speaker)
+        ids, keep = as_unit_ids(units, self.num_units)
+        check_speaker(speaker, self.num_speakers)
         ids = ids.to(self.device)
         if durations is not None:
-            frames_per_unit = self._as_durations(durations, keep).to(self.device)
+            frames_per_unit = as_durations(durations, keep).to(self.device)
         elif dur_prediction:
             frames_per_unit = durations_from_log(self.log_durations(ids[None]))[0]
         else:
             frames_per_unit = None
         frame_ids = ids if frames_per_unit is None else torch.repeat_interleave(ids, frames_per_unit)
-        speakers = None if speaker is None else torch.tensor([speaker], device=self.device)
-        return self.generator(self.embed_frames(frame_ids[None], speakers))[0]
+        return self.render_frames(frame_ids, speaker=speaker)
 
     @torch.inference_mode()
     def synthesize_batch(
@@ -491,24 +434,11 @@ class UnitHiFiGAN(nn.Module):
         Raises:
             ValueError: as :meth:`synthesize`, naming the item; or mismatched ``durations``/``speakers`` counts.
         """
-        if len(unit_seqs) == 0:
-            raise ValueError("unit_seqs is empty: nothing to synthesize")
-        if durations is not None and len(durations) != len(unit_seqs):
-            raise ValueError(f"durations has {len(durations)} entries for {len(unit_seqs)} unit sequences")
-        if speakers is not None and len(speakers) != len(unit_seqs):
-            raise ValueError(f"speakers has {len(speakers)} entries for {len(unit_seqs)} unit sequences")
-        checked = [self._as_ids(seq, f"unit_seqs[{b}]") for b, seq in enumerate(unit_seqs)]
-        for speaker in speakers if speakers is not None else [None] * len(unit_seqs):
-            self._check_speaker(speaker)
-        ids = [ids for ids, _ in checked]
+        ids, given = check_batch(unit_seqs, self.num_units, durations, speakers, self.num_speakers)
         unit_lengths = torch.tensor([len(x) for x in ids], device=self.device)
         units = nn.utils.rnn.pad_sequence(ids, batch_first=True).to(self.device)
-        if durations is not None:
-            per_item = [
-                self._as_durations(d, keep, f"durations[{b}]")
-                for b, (d, (_, keep)) in enumerate(zip(durations, checked, strict=True))
-            ]
-            frames_per_unit = nn.utils.rnn.pad_sequence(per_item, batch_first=True).to(self.device)
+        if given is not None:
+            frames_per_unit = nn.utils.rnn.pad_sequence(given, batch_first=True).to(self.device)
         elif dur_prediction:
             frames_per_unit = durations_from_log(self.log_durations(units, unit_lengths))
         else:

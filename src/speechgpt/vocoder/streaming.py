@@ -1,6 +1,11 @@
 """Streaming synthesis: audio for units while the LM is still writing them, equal to one-shot synthesis.
 
-Two things limit how early a sample can be final:
+One :class:`StreamingSynthesizer` serves every vocoder that follows the small :class:`StreamableVocoder` protocol
+(the unit HiFi-GAN and :class:`~speechgpt.vocoder.fast.FastVocoder`): the unit, frame and duration bookkeeping is
+the same, only "log durations of units" and "samples of a window of frames" differ per model.
+
+Two things limit how early a sample can be final (the unit HiFi-GAN's numbers; the fast vocoder's are its
+:attr:`~speechgpt.vocoder.fast.FastVocoder.frame_context`):
 
 * A unit's duration depends on its neighbours (two kernel-3 convolutions: two units on each side), so the
   last :attr:`DurationPredictor.context` units wait for their right neighbours or the end of the stream.
@@ -20,17 +25,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
+from speechgpt.vocoder.base import UnitsLike, as_unit_ids, check_speaker, durations_from_log
 from speechgpt.vocoder.config import VocoderConfig
-from speechgpt.vocoder.hifigan import PRE_POST_KERNEL, UnitsLike, durations_from_log
+from speechgpt.vocoder.hifigan import PRE_POST_KERNEL
 
-if TYPE_CHECKING:
-    from speechgpt.vocoder.hifigan import UnitHiFiGAN
-
-__all__ = ["StreamingSynthesizer", "generator_context", "synthesize_stream"]
+__all__ = ["StreamableVocoder", "StreamingSynthesizer", "generator_context", "synthesize_stream"]
 
 
 def _conv_inputs(lo: int, hi: int, kernel: int, dilation: int, padding: int) -> tuple[int, int]:
@@ -65,14 +68,64 @@ def generator_context(config: VocoderConfig) -> tuple[int, int]:
     return -lo, hi
 
 
+class _DurationPredictor(Protocol):
+    @property
+    def context(self) -> int:
+        """Units on each side that one duration prediction depends on."""
+        ...
+
+
+class StreamableVocoder(Protocol):
+    """What :class:`StreamingSynthesizer` needs from a vocoder (``UnitHiFiGAN`` and ``FastVocoder`` provide it).
+
+    Windows of frames are rendered with ``frame_context`` frames of true context on each side; the samples of the
+    window's middle then equal one-shot synthesis.
+    """
+
+    duration: _DurationPredictor
+
+    @property
+    def num_units(self) -> int:
+        """Valid unit ids are ``0 … num_units-1``."""
+        ...
+
+    @property
+    def num_speakers(self) -> int:
+        """0 for a single-speaker vocoder."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live."""
+        ...
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame."""
+        ...
+
+    @property
+    def frame_context(self) -> tuple[int, int]:
+        """Frames ``(left, right)`` that one frame's samples depend on: the exact streaming contexts."""
+        ...
+
+    def log_durations(self, units: torch.Tensor) -> torch.Tensor:
+        """Predicted ``log(1 + frames)`` ``[1, T]`` for unit ids ``[1, T]`` on :attr:`device`."""
+        ...
+
+    def render_frames(self, frame_ids: torch.Tensor, first_frame: int = 0, speaker: int | None = None) -> torch.Tensor:
+        """Samples ``[F * hop_length]`` of frame-level ids ``[F]``, the first being frame ``first_frame``."""
+        ...
+
+
 class StreamingSynthesizer:
     """Push unit chunks as they arrive, get the audio that is final so far; :meth:`finish` flushes the rest.
 
     Args:
-        model: The vocoder (eval mode).
+        model: The vocoder (eval mode), any :class:`StreamableVocoder`.
         dur_prediction: Predict durations (else one frame per unit).
         left_context: Frames of already-emitted audio's input kept before each window; default (None) the exact
-            receptive field from :func:`generator_context`.
+            context, the model's ``frame_context`` (for the unit HiFi-GAN, :func:`generator_context`).
         right_context: Frames held back at the end until more arrive; default the exact receptive field.
             Smaller values cut latency at the price of a small mismatch with one-shot synthesis.
         speaker: Speaker id for a multi-speaker vocoder.
@@ -80,15 +133,15 @@ class StreamingSynthesizer:
 
     def __init__(
         self,
-        model: UnitHiFiGAN,
+        model: StreamableVocoder,
         *,
         dur_prediction: bool = True,
         left_context: int | None = None,
         right_context: int | None = None,
         speaker: int | None = None,
     ) -> None:
-        model._check_speaker(speaker)
-        exact_left, exact_right = generator_context(model.config)
+        check_speaker(speaker, model.num_speakers)
+        exact_left, exact_right = model.frame_context
         self.left_context = exact_left if left_context is None else left_context
         self.right_context = exact_right if right_context is None else right_context
         for name, value in (("left_context", self.left_context), ("right_context", self.right_context)):
@@ -97,7 +150,7 @@ class StreamingSynthesizer:
         self.model = model
         self.dur_prediction = dur_prediction
         self.unit_context = model.duration.context if dur_prediction else 0
-        self._speakers = None if speaker is None else torch.tensor([speaker], device=model.device)
+        self.speaker = speaker
         self._units = torch.empty(0, dtype=torch.long, device=model.device)  # units from _units_start on
         self._units_start = 0
         self._units_received = 0
@@ -140,7 +193,7 @@ class StreamingSynthesizer:
         """
         if self.finished:
             raise ValueError("the stream is finished; start a new one")
-        ids, _ = self.model._as_ids(units, f"unit chunk {self._chunks}", allow_empty=True)
+        ids, _ = as_unit_ids(units, self.model.num_units, f"unit chunk {self._chunks}", allow_empty=True)
         self._chunks += 1
         if ids.numel():
             self._units = torch.cat([self._units, ids.to(self.model.device)])
@@ -153,7 +206,7 @@ class StreamingSynthesizer:
         """End the stream and return the remaining samples.
 
         Raises:
-            ValueError: no units arrived at all.
+            ValueError: no units arrived at all, or the stream is already finished.
         """
         if self.finished:
             raise ValueError("the stream is already finished")
@@ -163,13 +216,25 @@ class StreamingSynthesizer:
         self._finalize_durations(self._units_received)
         return self._emit(self._frames_final)
 
+    def feed(self, unit_chunks: Iterable[UnitsLike]) -> Iterator[torch.Tensor]:
+        """Push every chunk, then finish; yield the pieces that are not empty."""
+        for chunk in unit_chunks:
+            piece = self.push(chunk)
+            if piece.numel():
+                yield piece
+        piece = self.finish()
+        if piece.numel():
+            yield piece
+
     def _finalize_durations(self, upto: int) -> None:
         """Fix the durations of units ``[_units_final, upto)`` and append their frames."""
         if upto <= self._units_final:
             return
         first = self._units_final - self._units_start  # index in the buffer
         if self.dur_prediction:
-            log_durations = self.model.log_durations(self._units[None])[0]  # buffer = left context + all pending
+            # The buffer holds unit_context units before the first new one and everything received after it, so
+            # each new unit sees the neighbours it sees in one-shot prediction.
+            log_durations = self.model.log_durations(self._units[None])[0]
             durations = durations_from_log(log_durations[first : upto - self._units_start])
         else:
             durations = torch.ones(upto - self._units_final, dtype=torch.long, device=self._units.device)
@@ -191,7 +256,7 @@ class StreamingSynthesizer:
         start = max(0, self._frames_emitted - self.left_context)
         end = min(self._frames_final, target + self.right_context)
         window = self._frames[start - self._frames_start : end - self._frames_start]
-        wave = self.model.generator(self.model.embed_frames(window[None], self._speakers))[0]
+        wave = self.model.render_frames(window, first_frame=start, speaker=self.speaker)
         out = wave[(self._frames_emitted - start) * hop : (target - start) * hop]
         self._frames_emitted = target
         while self._unit_ends and self._unit_ends[0] <= target:
@@ -204,7 +269,7 @@ class StreamingSynthesizer:
 
 
 def synthesize_stream(
-    model: UnitHiFiGAN,
+    model: StreamableVocoder,
     unit_chunks: Iterable[UnitsLike],
     *,
     dur_prediction: bool = True,
@@ -214,8 +279,9 @@ def synthesize_stream(
 ) -> Iterator[torch.Tensor]:
     """Yield waveform pieces as unit chunks arrive; their concatenation equals ``model.synthesize(all units)``.
 
-    Empty pieces are not yielded. The last ``right_context`` frames (and, with duration prediction, the last two
-    units) are held back until more units arrive or the chunks run out.
+    Nothing is checked before the first piece is asked for. Empty pieces are not yielded. The last
+    ``right_context`` frames (and, with duration prediction, the last two units) are held back until more units
+    arrive or the chunks run out.
 
     Raises:
         ValueError: bad ids in a chunk, or no units at all.
@@ -227,10 +293,4 @@ def synthesize_stream(
         right_context=right_context,
         speaker=speaker,
     )
-    for chunk in unit_chunks:
-        piece = stream.push(chunk)
-        if piece.numel():
-            yield piece
-    piece = stream.finish()
-    if piece.numel():
-        yield piece
+    yield from stream.feed(unit_chunks)
