@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import HubertConfig, HubertModel
 
+from _environment import run_info
 from speechgpt.audio import SAMPLE_RATE
 from speechgpt.fileio import atomic_write_text
 from speechgpt.units.base import FRAME_RATE
@@ -276,14 +275,7 @@ def main() -> None:
         )
     console.print(other)
     report = {
-        "benchmark": "units",
-        "quick": args.quick,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
+        **run_info("units", quick=args.quick),
         "hubert": hubert,
         "hubert_breakdown_s": breakdown,
         "light": light,

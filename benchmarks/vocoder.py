@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _environment import run_info
 from speechgpt.fileio import atomic_write_text
 from speechgpt.vocoder import StreamingSynthesizer, UnitHiFiGAN, VocoderConfig, generator_context
 
@@ -169,14 +167,7 @@ def main() -> None:
         )
     console.print(stream_table)
     report = {
-        "benchmark": "vocoder",
-        "quick": args.quick,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
+        **run_info("vocoder", quick=args.quick),
         "frames_per_unit": FRAMES_PER_UNIT,
         "exact_context_frames": exact,
         "rtf": rtf,

@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _environment import run_info
 from speechgpt.fileio import atomic_write_text
 from speechgpt.units.base import HOP_LENGTH
 from speechgpt.units.kmeans import KMeans
@@ -306,14 +304,7 @@ def main() -> None:
                              f"{s['rtf']:.4f}", f"{s['max_abs_error_vs_one_shot']:.1e}")  # fmt: skip
     console.print(stream_table)
     report = {
-        "benchmark": "vocoder_fast",
-        "quick": args.quick,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "threads": threads,
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "platform": platform.platform(),
+        **run_info("vocoder_fast", quick=args.quick),
         "train_utterances": len(train),
         "train_minutes": hours * 60,
         "units": num_units,

@@ -8,7 +8,9 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
+
+from speechgpt.progress import progress_bar as make_progress_bar
 
 # Data goes to stdout; everything meant for a person (progress, logs, warnings, errors) goes here.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,13 +41,4 @@ def user_errors(*types: type[Exception]) -> Iterator[None]:
 
 def progress_bar() -> Progress:
     """A progress display on stderr with count, elapsed time and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=False,
-    )
+    return make_progress_bar(stderr)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from speechgpt.audio import write_wav
 from speechgpt.fileio import atomic_write_text
+from speechgpt.progress import progress_bar
 from speechgpt.vocoder.config import VocoderConfig
 from speechgpt.vocoder.data import SegmentCollator, SegmentSampler, UnitAudioDataset, read_unit_manifest
 from speechgpt.vocoder.discriminators import DiscriminatorConfig, Discriminators
@@ -683,26 +684,7 @@ class VocoderTrainer:
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def _progress(self) -> Any:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not (self.config.progress and self.is_main),
-        )
+        return progress_bar(disable=not (self.config.progress and self.is_main))
 
     def _log(self, values: dict[str, Any], seconds: float | None = None) -> None:
         if not self.is_main:
