@@ -1,6 +1,6 @@
 """The fast vocoder on espeak-ng speech: fit time, real-time factor, and how well the units survive vocoding.
 
-Usage (from the repository root; needs the dev extra's ``espeakng-loader``)::
+Usage (from the repository root)::
 
     python benchmarks/vocoder_fast.py                 # 220 training sentences, 200 units
     python benchmarks/vocoder_fast.py --quick         # a small smoke run
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _environment import run_info
+from speechgpt.data.tts import ENGLISH_VOICES, VoiceSettings, synthesize_many
 from speechgpt.fileio import atomic_write_text
 from speechgpt.units.base import HOP_LENGTH
 from speechgpt.units.kmeans import KMeans
@@ -72,13 +72,12 @@ def sentences(count: int, seed: int) -> list[str]:
 
 
 def speak_all(texts: list[str], voices: tuple[str, ...], seed: int) -> list[np.ndarray]:
-    from tests.espeak_helper import speak
-
     rng = np.random.default_rng(seed)
-    return [
-        speak(text, voice=voices[i % len(voices)], rate=int(rng.integers(150, 200)), pitch=int(rng.integers(35, 65)))
-        for i, text in enumerate(texts)
+    settings = [
+        VoiceSettings(voices[i % len(voices)], rate=int(rng.integers(150, 200)), pitch=int(rng.integers(35, 65)))
+        for i in range(len(texts))
     ]
+    return synthesize_many(texts, settings)
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -192,15 +191,12 @@ def main() -> None:
     parser.add_argument("--griffin-lim", action="store_true", help="also score the Griffin-Lim baseline")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.espeak_helper
-    from tests.espeak_helper import VOICES
-
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=150)
     num_train, num_test, num_units = (60, 10, 50) if args.quick else (220, 40, args.units)
     texts = sentences(num_train + num_test, seed=0)
-    voices, held_voice = VOICES[:4], VOICES[4:5]
+    voices, held_voice = ENGLISH_VOICES[:4], ENGLISH_VOICES[4:5]
     start = time.perf_counter()
     train = speak_all(texts[:num_train], voices, seed=1)
     test_seen = speak_all(texts[num_train:], voices, seed=2)

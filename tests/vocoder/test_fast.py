@@ -277,11 +277,13 @@ def test_espeak_speech_survives_vocoding():
 
     Measured: 0.90-0.92 frame agreement for 0/150/300 refiner steps; the wrong sentence's units score 0.06.
     """
-    from tests.espeak_helper import VOICES, speak
+    from speechgpt.data.tts import ENGLISH_VOICES, EspeakEngine, VoiceSettings
 
+    engine = EspeakEngine()
     words = ["red", "blue", "green", "cat", "dog", "house", "river", "seven", "apples", "window", "morning", "garden"]
     rng = np.random.default_rng(0)
-    waves = [speak(" ".join(rng.choice(words, 4)), voice=VOICES[i % 2]) for i in range(20)]
+    texts = [" ".join(rng.choice(words, 4)) for _ in range(20)]
+    waves = [engine.synthesize(text, VoiceSettings(ENGLISH_VOICES[i % 2])) for i, text in enumerate(texts)]
     extractor = LightFeatures()
     kmeans = KMeans.train(torch.cat([extractor(w) for w in waves[:16]]), 32, seed=0, niter=10)
     tokenizer = SpeechTokenizer(extractor, kmeans)
