@@ -154,6 +154,17 @@ class DiscriminatorOutput:
         ]
 
 
+def _score(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, FeatureMaps]:
+    """Run a discriminator's conv stack: flattened scores and every layer's activations (for feature matching)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        features.append(x)
+    x = conv_post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Scores a waveform folded into ``period`` columns; sees periodic structure a 1-D view averages away."""
 
@@ -179,13 +190,7 @@ class PeriodDiscriminator(nn.Module):
             mode = "reflect" if missing < length else "constant"
             wave = F.pad(wave[:, None], (0, missing), mode=mode)[:, 0]
         x = wave.reshape(batch, 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _score(self.convs, self.conv_post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -205,13 +210,7 @@ class ScaleDiscriminator(nn.Module):
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, FeatureMaps]:
         """``wave [B, S]`` -> scores ``[B, N]`` and every layer's activations ``[B, C, S']``."""
         x = wave[:, None]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _score(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
