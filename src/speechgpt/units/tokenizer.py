@@ -18,14 +18,11 @@ import torch
 
 from speechgpt.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, AudioError, AudioSource, load_audio
 from speechgpt.fileio import atomic_write_text
+from speechgpt.prompt_format import EOSP, SOSP
 from speechgpt.units.base import FRAME_RATE, WINDOW_LENGTH, FeatureExtractor
 from speechgpt.units.kmeans import KMeans
 from speechgpt.units.light import LightFeatureConfig, LightFeatures
 
-SOSP = "<sosp>"
-"""Opens a speech span in the LM's text."""
-EOSP = "<eosp>"
-"""Closes a speech span."""
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 KMEANS_FILE_NAME = "kmeans.safetensors"
 HUBERT_DIR_NAME = "hubert"
