@@ -12,3 +12,6 @@ WINDOW_LENGTH = 400
 """Samples seen by one frame (HuBERT's receptive field, 25 ms)."""
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH
 """Unit frames per second (50)."""
+RELEASED_NUM_UNITS = 1000
+"""Speech units of the released system (mHuBERT layer-11 k-means with 1000 clusters): the LM's unit tokens
+``<0>``..``<999>`` and the unit vocoder's embedding rows."""

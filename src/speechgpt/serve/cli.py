@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from speechgpt.serve.data_cli import data_app
 from speechgpt.serve.units_cli import units_app
 from speechgpt.serve.vocode_cli import vocode
 from speechgpt.serve.vocoder_cli import vocoder_app
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(units_app, name="units")
 app.command("vocode")(vocode)
 app.add_typer(vocoder_app, name="vocoder")
+app.add_typer(data_app, name="data")
 
 
 def _version_callback(value: bool) -> None:

@@ -13,11 +13,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from speechgpt.constants import HOP_LENGTH, SAMPLE_RATE
+from speechgpt.constants import HOP_LENGTH, RELEASED_NUM_UNITS, SAMPLE_RATE
 
 __all__ = ["RELEASED_NUM_UNITS", "SUPPORTED_RESBLOCKS", "VocoderConfig"]
 
-RELEASED_NUM_UNITS = 1000
 """Units of the released speech tokenizer (mHuBERT layer 11, k-means with 1000 clusters)."""
 SUPPORTED_RESBLOCKS = ("1",)
 """HiFi-GAN residual block types implemented (type "1": dilated conv then plain conv, three times)."""
