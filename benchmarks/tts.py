@@ -9,7 +9,7 @@ The utterances are the first ones of the default world's plan (its texts, voices
 :class:`speechgpt.data.tts.EspeakEngine` through :func:`speechgpt.data.tts.synthesize_many` in this process
 (0 workers) and in 1 and 2 worker processes; pool start-up is included, writing WAVs is not. The world build is
 :func:`speechgpt.data.world_speech.build_world` with the default config into a temporary folder (synthesis plus
-WAV writing, manifests and text files). Prints a table and writes ``benchmarks/results/tts.json``.
+WAV writing, manifests and text files). Prints a table and writes ``benchmarks/tts.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from speechgpt.data.world import WorldConfig, build_text_world
 from speechgpt.data.world_speech import build_world, plan_utterances
 from speechgpt.fileio import atomic_write_text
 
-DEFAULT_OUTPUT = Path(__file__).parent / "results" / "tts.json"
+DEFAULT_OUTPUT = Path(__file__).with_name("tts.json")
 WORKER_COUNTS = (0, 1, 2)
 
 

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from speechgpt.serve.chat_cli import chat_command
 from speechgpt.serve.data_cli import data_app
+from speechgpt.serve.serve_cli import serve_command
 from speechgpt.serve.units_cli import units_app
 from speechgpt.serve.vocode_cli import vocode
 from speechgpt.serve.vocoder_cli import vocoder_app
@@ -24,6 +26,8 @@ app.add_typer(units_app, name="units")
 app.command("vocode")(vocode)
 app.add_typer(vocoder_app, name="vocoder")
 app.add_typer(data_app, name="data")
+app.command("chat")(chat_command)
+app.command("serve")(serve_command)
 
 
 def _version_callback(value: bool) -> None:
