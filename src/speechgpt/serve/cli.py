@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from speechgpt.serve.chat_cli import chat_command
+from speechgpt.serve.convert_cli import convert_command
 from speechgpt.serve.data_cli import data_app
 from speechgpt.serve.serve_cli import serve_command
 from speechgpt.serve.units_cli import units_app
@@ -28,6 +29,7 @@ app.add_typer(vocoder_app, name="vocoder")
 app.add_typer(data_app, name="data")
 app.command("chat")(chat_command)
 app.command("serve")(serve_command)
+app.command("convert")(convert_command)
 
 
 def _version_callback(value: bool) -> None:
