@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,16 @@ import soundfile as sf
 import torch
 
 from speechgpt import audio
-from speechgpt.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, AudioError, audio_duration, load_audio, write_wav
+from speechgpt.audio import (
+    DEFAULT_MAX_SECONDS,
+    SAMPLE_RATE,
+    AudioError,
+    audio_duration,
+    encode_pcm16,
+    encode_wav,
+    load_audio,
+    write_wav,
+)
 
 
 def _sine(rate: int, seconds: float, freq: float = 440.0, amp: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -384,3 +394,33 @@ def test_write_wav_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path, mon
         write_wav(target, _sine(SAMPLE_RATE, 0.2))
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+# ---------------------------------------------------------------- encode_wav / encode_pcm16
+
+
+def test_encode_wav_round_trips_to_the_pcm16_quantised_input(tmp_path: Path) -> None:
+    original = np.concatenate([_sine(SAMPLE_RATE, 0.25, amp=0.9), np.array([1.5, -2.0, 0.25], np.float32)])
+    data = encode_wav(original)
+    quantised = np.clip(np.round(original.astype(np.float64) * 2**15), -(2**15), 2**15 - 1) / 2**15
+    decoded = load_audio(data)
+    assert decoded.dtype == np.float32 and decoded.shape == original.shape
+    np.testing.assert_array_equal(decoded, quantised.astype(np.float32))
+    assert decoded[-3:].tolist() == [32767 / 2**15, -1.0, 0.25]  # clipped like write_wav
+    # One conversion: the file write_wav writes holds exactly these bytes, and raw PCM is the WAV's data.
+    assert write_wav(tmp_path / "a.wav", original).read_bytes() == data
+    assert data[:4] == b"RIFF" and data.endswith(encode_pcm16(original))
+    assert len(encode_pcm16(original)) == 2 * original.size
+
+
+def test_encode_wav_keeps_rate_and_refuses_bad_input() -> None:
+    data = encode_wav(torch.tensor([0.5, -0.5]), sample_rate=22050)
+    assert sf.info(io.BytesIO(data)).samplerate == 22050
+    np.testing.assert_array_equal(np.frombuffer(encode_pcm16(np.array([0.5, -0.5])), "<i2"), [16384, -16384])
+    with pytest.raises(AudioError) as err:
+        encode_wav(np.array([0.1, np.inf], np.float32))
+    _assert_error(err, "<array>", "NaN or inf")
+    with pytest.raises(AudioError, match="1-D"):
+        encode_pcm16(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="sample_rate must be a positive int, got 0"):
+        encode_wav(np.zeros(4, np.float32), sample_rate=0)

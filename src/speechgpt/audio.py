@@ -111,7 +111,7 @@ def audio_duration(source: str | os.PathLike | bytes, *, name: str | None = None
 def write_wav(path: str | os.PathLike, wave: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write mono 16-bit PCM WAV atomically (temp file + rename), so a crash never leaves half a file.
 
-    Samples are clipped to [-1, 1]; parent folders are created.
+    The bytes are those of :func:`encode_wav`: samples clipped to [-1, 1]. Parent folders are created.
 
     Returns:
         The path written.
@@ -120,23 +120,60 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray | torch.Tensor, sample_r
         AudioError: ``wave`` is not 1-D float, is empty, or holds NaN/inf.
     """
     path = Path(path)
-    if not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-    samples = wave.detach().cpu().float().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
-    if samples.dtype.kind != "f":
-        raise AudioError(str(path), f"expected float samples in [-1, 1], got dtype {samples.dtype}")
-    if samples.ndim != 1:
-        raise AudioError(str(path), f"expected a 1-D mono waveform, got shape {tuple(samples.shape)}")
-    if samples.size == 0:
-        raise AudioError(str(path), "empty waveform (0 samples)")
-    if not np.all(np.isfinite(samples)):
-        raise AudioError(str(path), "waveform contains NaN or inf samples")
-    # Scale by 2**15 (libsndfile reads int16 as x / 2**15), so a round trip is exact up to rounding.
-    pcm = np.clip(np.round(samples.astype(np.float64) * 2.0**15), -(2**15), 2**15 - 1).astype(np.int16)
+    _check_rate(sample_rate)
+    pcm = _to_pcm16(wave, str(path))
     with atomic_output(path) as tmp:
-        sf.write(tmp, pcm, sample_rate, format="WAV", subtype="PCM_16")
+        _write_pcm16_wav(tmp, pcm, sample_rate)
     logger.debug("wrote %s (%.2f s)", path, pcm.size / sample_rate)
     return path
+
+
+def encode_wav(wave: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A mono 16-bit PCM WAV file in memory, byte for byte what :func:`write_wav` writes (for HTTP answers).
+
+    Raises:
+        AudioError: ``wave`` is not 1-D float, is empty, or holds NaN/inf.
+        ValueError: ``sample_rate`` is not a positive int.
+    """
+    _check_rate(sample_rate)
+    buffer = io.BytesIO()
+    _write_pcm16_wav(buffer, _to_pcm16(wave, _label(wave, None)), sample_rate)
+    return buffer.getvalue()
+
+
+def encode_pcm16(wave: np.ndarray | torch.Tensor) -> bytes:
+    """Raw little-endian 16-bit PCM without a header, scaled as :func:`encode_wav` scales it.
+
+    Streamed audio is sent this way: pieces of a WAV file cannot be played on their own, raw PCM pieces can.
+
+    Raises:
+        AudioError: ``wave`` is not 1-D float, is empty, or holds NaN/inf.
+    """
+    return _to_pcm16(wave, _label(wave, None)).astype("<i2", copy=False).tobytes()
+
+
+def _check_rate(sample_rate: int) -> None:
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+
+
+def _to_pcm16(wave: np.ndarray | torch.Tensor, label: str) -> np.ndarray:
+    """The one float-to-PCM conversion: checked 1-D float samples as int16, x·2¹⁵ rounded and clipped."""
+    samples = wave.detach().cpu().float().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+    if samples.dtype.kind != "f":
+        raise AudioError(label, f"expected float samples in [-1, 1], got dtype {samples.dtype}")
+    if samples.ndim != 1:
+        raise AudioError(label, f"expected a 1-D mono waveform, got shape {tuple(samples.shape)}")
+    if samples.size == 0:
+        raise AudioError(label, "empty waveform (0 samples)")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(label, "waveform contains NaN or inf samples")
+    # Scale by 2**15 (libsndfile reads int16 as x / 2**15), so a round trip is exact up to rounding.
+    return np.clip(np.round(samples.astype(np.float64) * 2.0**15), -(2**15), 2**15 - 1).astype(np.int16)
+
+
+def _write_pcm16_wav(file: Path | io.BytesIO, pcm: np.ndarray, sample_rate: int) -> None:
+    sf.write(file, pcm, sample_rate, format="WAV", subtype="PCM_16")
 
 
 def _label(source: object, name: str | None) -> str:

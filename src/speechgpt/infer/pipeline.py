@@ -9,6 +9,7 @@ Generation is our own incremental loop over the KV cache (not ``model.generate``
 and :meth:`SpeechGPT.chat_stream` run exactly the same steps: with the same seed they produce the same tokens, and
 streaming differs only in when the vocoder runs. While streaming, unit chunks go to the vocoder's
 :class:`~speechgpt.vocoder.StreamingSynthesizer` as the LM writes them, so audio starts long before the answer ends.
+The events and the step-by-step helpers of streaming live in :mod:`speechgpt.infer._streaming`.
 
 Whatever the model writes, nothing crashes and no control tag reaches ``Reply.text`` or ``Reply.transcript``:
 text comes from :func:`speechgpt.prompt_format.parse_response`, units are read by token id (the first
@@ -22,7 +23,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,18 +34,18 @@ import numpy as np
 import torch
 
 from speechgpt.constants import SAMPLE_RATE
-from speechgpt.prompt_format import (
-    CONTROL_STRINGS,
-    EOA,
-    EOS,
-    EOSP,
-    SOSP,
-    TEXT_ANSWER_TAG,
-    Modality,
-    chain_of_modality_answer,
-    neutralize_user_text,
-    parse_response,
+from speechgpt.infer._streaming import (
+    AnswerText,
+    AudioChunk,
+    AudioStream,
+    Done,
+    Event,
+    TextDelta,
+    Transcript,
+    UnitSpan,
+    to_numpy,
 )
+from speechgpt.prompt_format import EOA, EOS, Modality, chain_of_modality_answer, neutralize_user_text
 from speechgpt.units.tokenizer import units_to_string
 
 if TYPE_CHECKING:
@@ -202,36 +202,6 @@ class Message:
     content: Any
 
 
-@dataclass(frozen=True)
-class TextDelta:
-    """More of the answer's text; the deltas of a turn joined equal ``Reply.text``."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """What the model heard in the user's speech, once it is complete (speech questions only)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """The next piece of the spoken answer; the chunks joined equal ``Reply.waveform``."""
-
-    samples: np.ndarray
-    sample_rate: int = SAMPLE_RATE
-
-
-@dataclass(frozen=True)
-class Done:
-    """The turn is over; ``reply`` holds everything, as :meth:`SpeechGPT.chat` returns it."""
-
-    reply: Reply
-
-
-Event: TypeAlias = TextDelta | Transcript | AudioChunk | Done
 MessageLike: TypeAlias = Mapping[str, Any] | Message | Reply | Any
 
 
@@ -617,9 +587,11 @@ class SpeechGPT:
         """Generate, parse and voice one answer; with ``stream`` the vocoder and the text parse run as tokens come."""
         start, timings, options = prepared.start, prepared.timings, prepared.options
         speak = self.vocoder is not None and options.output_modality != OutputModality.TEXT
-        audio = _AudioStream(self.vocoder, options, timings) if speak and stream else None
-        text_stream = _AnswerText(prepared.speech_input) if stream else None
-        span = _UnitSpan(self.vocab)
+        audio = None
+        if speak and stream:
+            audio = AudioStream(self.vocoder, options.audio_chunk_units, options.max_audio_chunk_units, timings)
+        text_stream = AnswerText(prepared.speech_input) if stream else None
+        span = UnitSpan(self.vocab)
         generated: list[int] = []
         finish_reason = "length"
         for token in self._tokens(prepared.prompt, prepared.max_new_tokens, options, timings):
@@ -655,7 +627,7 @@ class SpeechGPT:
         elif speak and span.units:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                waveform = _to_numpy(self.vocoder.synthesize(span.units))
+                waveform = to_numpy(self.vocoder.synthesize(span.units))
             timings["vocoder"] += time.perf_counter() - t0
         if text_stream is not None:
             for event in text_stream.flush(transcript, parsed.text):
@@ -742,158 +714,3 @@ def _forward_arguments(model: torch.nn.Module) -> tuple[str, str | None]:
     cache = "cache" if "cache" in parameters else "past_key_values"
     logits = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in parameters), None)
     return cache, logits
-
-
-def _to_numpy(wave: torch.Tensor) -> np.ndarray:
-    return wave.detach().to("cpu", torch.float32).numpy().reshape(-1)
-
-
-class _UnitSpan:
-    """Reads the first ``<sosp>`` … ``<eosp>`` span by token id, as the tokens arrive (unterminated spans count)."""
-
-    def __init__(self, vocab: SpeechVocab) -> None:
-        self.vocab = vocab
-        self.units: list[int] = []
-        self.inside = False
-        self.closed = False
-
-    def add(self, token: int) -> list[int]:
-        """Feed one token; return the units it adds (none or one)."""
-        if self.closed:
-            return []
-        if not self.inside:
-            self.inside = token == self.vocab.sosp_id
-            return []
-        if token == self.vocab.eosp_id:
-            self.inside, self.closed = False, True
-            return []
-        if self.vocab.is_unit(token):
-            unit = token - self.vocab.unit_offset
-            self.units.append(unit)
-            return [unit]
-        return []  # a stray control token inside the span is skipped, as parse_response skips it
-
-
-class _AudioStream:
-    """Feeds unit chunks to the vocoder's streaming synthesizer as they arrive; one-shot for other vocoders.
-
-    Chunks start at ``audio_chunk_units`` and double up to ``max_audio_chunk_units``.
-    """
-
-    def __init__(self, vocoder: Vocoder, options: GenerationOptions, timings: dict[str, float]) -> None:
-        from speechgpt.vocoder.streaming import StreamingSynthesizer
-
-        self.vocoder = vocoder
-        self.chunk_units = options.audio_chunk_units
-        self.max_chunk_units = options.max_audio_chunk_units
-        self.timings = timings
-        self.pending: list[int] = []
-        self.all_units: list[int] = []
-        self.pieces: list[np.ndarray] = []
-        streamable = all(hasattr(vocoder, a) for a in ("render_frames", "log_durations", "frame_context", "duration"))
-        self.synth = StreamingSynthesizer(vocoder) if streamable else None  # type: ignore[arg-type]
-
-    def _timed(self, fn: Any, *args: Any) -> torch.Tensor:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = fn(*args)
-        self.timings["vocoder"] += time.perf_counter() - start
-        return out
-
-    def _emit(self, wave: torch.Tensor) -> list[np.ndarray]:
-        if wave.numel() == 0:
-            return []
-        samples = _to_numpy(wave)
-        self.pieces.append(samples)
-        return [samples]
-
-    def push(self, units: list[int]) -> list[np.ndarray]:
-        units = [u for u in units if u < self.vocoder.num_units]
-        self.pending.extend(units)
-        self.all_units.extend(units)
-        if self.synth is None or len(self.pending) < self.chunk_units:
-            return []
-        chunk, self.pending = self.pending, []
-        self.chunk_units = min(2 * self.chunk_units, self.max_chunk_units)
-        return self._emit(self._timed(self.synth.push, chunk))
-
-    def finish(self) -> list[np.ndarray]:
-        if not self.all_units:
-            return []
-        if self.synth is None:
-            return self._emit(self._timed(self.vocoder.synthesize, self.all_units))
-        out = []
-        if self.pending:
-            out += self._emit(self._timed(self.synth.push, self.pending))
-            self.pending = []
-        return out + self._emit(self._timed(self.synth.finish))
-
-    def waveform(self) -> np.ndarray | None:
-        return np.concatenate(self.pieces).astype(np.float32, copy=False) if self.pieces else None
-
-
-# The first unit span as parse_response sees it (to the first <eosp>, or to the end when left open).
-_FIRST_UNIT_SPAN = re.compile(re.escape(SOSP) + r".*?(?:" + re.escape(EOSP) + r"|$)", flags=re.DOTALL)
-_LONGEST_CONTROL = max(len(s) for s in CONTROL_STRINGS)
-_CONTROL_PREFIXES = frozenset(s.lower()[:n] for s in CONTROL_STRINGS for n in range(1, len(s) + 1))
-_PARTIAL_UNIT = re.compile(r"<\d*")
-
-
-def _stable(text: str) -> str:
-    """``text`` without a tail that may still change meaning: an unfinished control tag or a partial character."""
-    text = text.rstrip("\ufffd")  # a multi-byte character split across tokens decodes as U+FFFD for now
-    for start in range(max(0, len(text) - _LONGEST_CONTROL), len(text)):
-        if text[start] in "<[":
-            tail = text[start:].lower()
-            if tail in _CONTROL_PREFIXES or _PARTIAL_UNIT.fullmatch(tail):
-                return text[:start]
-    return text
-
-
-class _AnswerText:
-    """Turns the growing raw response into append-only answer deltas that agree with ``parse_response``.
-
-    The answer starts after ``[ta]`` (before it comes the transcript, in the released layout), so nothing is sent
-    until ``[ta]`` appears; a tail that may still become a control tag is held back. If the model never writes
-    ``[ta]``, the whole text is the answer and comes at the end.
-    """
-
-    def __init__(self, speech_input: bool) -> None:
-        self.speech_input = speech_input
-        self.sent = ""
-        self.transcript_sent = False
-
-    def update(self, raw: str) -> list[Event]:
-        """Events for the response so far."""
-        ended = False
-        for end in (EOA, EOS):
-            if end in raw:
-                raw, ended = raw.split(end, 1)[0], True
-        text = raw if ended else _stable(raw)
-        if TEXT_ANSWER_TAG not in _FIRST_UNIT_SPAN.sub("", text, count=1):
-            return []
-        parsed = parse_response(text)
-        events: list[Event] = []
-        if not self.transcript_sent:
-            self.transcript_sent = True
-            if self.speech_input and parsed.transcript:
-                events.append(Transcript(parsed.transcript))
-        events += self._delta(parsed.text)
-        return events
-
-    def _delta(self, text: str) -> list[Event]:
-        if not text.startswith(self.sent) or len(text) == len(self.sent):
-            return []
-        delta, self.sent = text[len(self.sent) :], text
-        return [TextDelta(delta)]
-
-    def flush(self, transcript: str, final_text: str) -> list[Event]:
-        """The rest of the answer, once the final reply is known."""
-        events: list[Event] = []
-        if not self.transcript_sent and self.speech_input and transcript:
-            events.append(Transcript(transcript))
-        self.transcript_sent = True
-        if not final_text.startswith(self.sent):
-            logger.warning("streamed text %r is not a prefix of the final answer %r", self.sent, final_text)
-            return events
-        return events + self._delta(final_text)
