@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from speechgpt.progress import progress_bar as make_progress_bar
@@ -21,13 +22,16 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``; no traceback for a user's mistake."""
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    """Print ``error: message`` on stderr and exit with ``code``; no traceback for a user's mistake.
+
+    The message is printed literally (``speechgpt[web]`` or ``<sosp>`` in it stay as written).
+    """
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from speechgpt.serve.serve_cli import serve_command
 from speechgpt.serve.units_cli import units_app
 from speechgpt.serve.vocode_cli import vocode
 from speechgpt.serve.vocoder_cli import vocoder_app
+from speechgpt.serve.web_cli import web_command
 
 app = typer.Typer(
     name="speechgpt",
@@ -29,6 +30,7 @@ app.add_typer(vocoder_app, name="vocoder")
 app.add_typer(data_app, name="data")
 app.command("chat")(chat_command)
 app.command("serve")(serve_command)
+app.command("web")(web_command)
 app.command("convert")(convert_command)
 
 
