@@ -11,6 +11,7 @@ from speechgpt.serve.chat_cli import chat_command
 from speechgpt.serve.convert_cli import convert_command
 from speechgpt.serve.data_cli import data_app
 from speechgpt.serve.serve_cli import serve_command
+from speechgpt.serve.train_cli import train_app
 from speechgpt.serve.units_cli import units_app
 from speechgpt.serve.vocode_cli import vocode
 from speechgpt.serve.vocoder_cli import vocoder_app
@@ -28,6 +29,7 @@ app.add_typer(units_app, name="units")
 app.command("vocode")(vocode)
 app.add_typer(vocoder_app, name="vocoder")
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 app.command("chat")(chat_command)
 app.command("serve")(serve_command)
 app.command("web")(web_command)
