@@ -10,6 +10,8 @@ import typer
 from speechgpt.serve.chat_cli import chat_command
 from speechgpt.serve.convert_cli import convert_command
 from speechgpt.serve.data_cli import data_app
+from speechgpt.serve.eval_cli import eval_app
+from speechgpt.serve.judge_cli import judge_app
 from speechgpt.serve.serve_cli import serve_command
 from speechgpt.serve.train_cli import train_app
 from speechgpt.serve.units_cli import units_app
@@ -30,6 +32,8 @@ app.command("vocode")(vocode)
 app.add_typer(vocoder_app, name="vocoder")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(judge_app, name="judge")
 app.command("chat")(chat_command)
 app.command("serve")(serve_command)
 app.command("web")(web_command)
