@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench clean demo
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run e.g. 'make test PYTHON=python3'"; exit 2; }
@@ -28,6 +28,10 @@ test: lint
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+# The whole SpeechGPT built from nothing on this machine (~15 min on 2 CPU cores); DEMO_ARGS e.g. "--size tiny".
+demo: $(STAMP)
+	$(BIN)/speechgpt demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/units.py

@@ -19,7 +19,7 @@ Steps:
    durations and with predicted ones; the judge transcribes the original and both resyntheses. The judge never
    trains on vocoder output.
 
-Prints tables and writes ``benchmarks/results/judge.json``.
+Prints tables and writes ``benchmarks/judge.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from speechgpt.units.light import LightFeatures
 from speechgpt.units.tokenizer import SpeechTokenizer, dedup
 from speechgpt.vocoder.fit import FastVocoderFitArgs, fit_fast_vocoder
 
-DEFAULT_OUTPUT = Path(__file__).with_name("results") / "judge.json"
+DEFAULT_OUTPUT = Path(__file__).with_name("judge.json")
 NUM_UNITS = 200
 """Clusters of the light tokenizer (as ``benchmarks/vocoder_fast.py``)."""
 KMEANS_FRAMES = 200_000
@@ -161,8 +161,10 @@ def main() -> None:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
             console.print(f"  judge step {step}/{total}, {time.perf_counter() - started:.0f} s: {shown}")
 
-    if args.judge is not None and (args.judge / "config.json").is_file():
+    loaded = args.judge is not None and (args.judge / "config.json").is_file()
+    if loaded:
         judge, history = JudgeASR.from_pretrained(args.judge, device="cpu"), JudgeHistory()
+        steps = int(judge.info["steps"])
         console.print(f"loaded the judge from {args.judge} (trained in {judge.info['train_wall_seconds']} s)")
     else:
         judge, history = train_judge(
@@ -174,7 +176,7 @@ def main() -> None:
         )
         if args.judge is not None:
             judge.save_pretrained(args.judge)
-    judge_seconds = time.perf_counter() - started
+    judge_seconds = float(judge.info["train_wall_seconds"]) if loaded else time.perf_counter() - started
     original, hypotheses, judge_rtf = score(judge, test["waves"], test)
 
     # 2. Tokenizer and fast vocoder on the same training audio; resynthesis of the test speech.
@@ -227,7 +229,8 @@ def main() -> None:
             "seconds": world_seconds,
         },
         "judge": {
-            "voices": sorted(set(judge_voices)),
+            "loaded_from": str(args.judge) if loaded else None,
+            "voices": None if loaded else sorted(set(judge_voices)),
             "config": judge.config.to_dict(),
             "train_args": {"steps": steps},
             "train_seconds": judge_seconds,

@@ -59,6 +59,7 @@ def test_every_command_has_help_with_an_example(command):
 def test_train_defaults_are_the_library_defaults():
     defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
     library = JudgeTrainArgs()
+    assert defaults["threads"] == library.num_threads
     for name in ("steps", "batch_seconds", "valid_every", "seed"):
         assert defaults[name] == getattr(library, name), name
 

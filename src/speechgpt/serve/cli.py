@@ -10,6 +10,7 @@ import typer
 from speechgpt.serve.chat_cli import chat_command
 from speechgpt.serve.convert_cli import convert_command
 from speechgpt.serve.data_cli import data_app
+from speechgpt.serve.demo_cli import demo_command
 from speechgpt.serve.eval_cli import eval_app
 from speechgpt.serve.judge_cli import judge_app
 from speechgpt.serve.serve_cli import serve_command
@@ -38,6 +39,7 @@ app.command("chat")(chat_command)
 app.command("serve")(serve_command)
 app.command("web")(web_command)
 app.command("convert")(convert_command)
+app.command("demo")(demo_command)
 
 
 def _version_callback(value: bool) -> None:

@@ -50,15 +50,20 @@ def train(
         float,
         typer.Option("--valid-fraction", help="Share of MANIFEST held out for validation without --valid.", min=0.0),
     ] = 0.05,
-    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.", min=1)] = 1000,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.", min=1)] = 1600,
     batch_seconds: Annotated[float, typer.Option("--batch-seconds", help="Audio per batch (s).", min=1.0)] = 30.0,
     valid_every: Annotated[
         int, typer.Option("--valid-every", help="Steps between validations (0: only at the end).", min=0)
     ] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, batching and augmentation.")] = 0,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice).", min=1)
-    ] = None,
+        int,
+        typer.Option(
+            "--threads",
+            help="CPU threads for torch (more rarely helps this small model, and hurts on a busy machine).",
+            min=1,
+        ),
+    ] = 1,
     device: Annotated[
         str | None, typer.Option("--device", help="Torch device, e.g. cpu or cuda:0 (default: cuda when present).")
     ] = None,

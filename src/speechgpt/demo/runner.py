@@ -1,0 +1,844 @@
+"""Running the demo: its settings (:class:`DemoConfig`, sized by a preset), the step cache, and the progress display.
+
+Each finished step writes ``<out>/steps/<name>.json`` (atomically): its fingerprint, outputs, seconds and a few
+facts. A later run skips a step whose record has the same fingerprint and whose outputs all exist; ``fresh`` redoes
+everything. The fingerprint of a step covers the settings it reads (:attr:`~speechgpt.demo.steps.Step.keys`) and
+the fingerprints of the steps it builds on, so changing, say, the stage-2 learning rate redoes stage 2, stage 3,
+the bundle, the evaluation and the report, and nothing before them.
+
+A step that is interrupted leaves ``<out>/steps/<name>.started.json``; the next run continues it when its settings
+are the same (the world build, unit files, data builders and training all resume), and deletes its outputs first
+when they are not (or when the step is redone after finishing), so no job ever continues another setting's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from speechgpt.demo.steps import STEPS, Step, StepContext, StepReporter, step_command
+from speechgpt.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEMO_SIZES",
+    "DemoConfig",
+    "DemoError",
+    "DemoProgress",
+    "DemoResult",
+    "RichDemoProgress",
+    "StepFailed",
+    "StepRecord",
+    "run_demo",
+    "summary_table",
+]
+
+STEPS_DIR = "steps"
+"""Inside the run folder: one record per finished step."""
+STARTED_SUFFIX = ".started.json"
+LOCK_FILE = ".lock"
+"""Inside :data:`STEPS_DIR`: held (``flock``) by the run working in the folder."""
+RECORD_FORMAT = "speechgpt-demo-step"
+RECORD_VERSION = 1
+DEFAULT_OUTPUT = "runs/demo"
+
+DEMO_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "threads": 1,
+        "world_size": "tiny",
+        "train_utterances": 60,
+        "test_utterances": 24,
+        "clusters": 24,
+        "kmeans_iterations": 8,
+        "kmeans_max_frames": 20_000,
+        "stage3_items": 24,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "text_vocab_size": 300,
+        "save_steps": 1000,
+        "logging_steps": 5,
+        "stage0_num_epochs": 6.0,
+        "stage0_learning_rate": 3e-3,
+        "stage0_batch_size": 8,
+        "stage0_max_length": 128,
+        "stage1_num_epochs": 2.0,
+        "stage1_learning_rate": 3e-3,
+        "stage1_batch_size": 4,
+        "stage1_max_length": 256,
+        "stage2_num_epochs": 5.0,
+        "stage2_learning_rate": 3e-3,
+        "stage2_batch_size": 8,
+        "stage2_max_length": 512,
+        "stage3_num_epochs": 10.0,
+        "stage3_learning_rate": 1e-2,
+        "stage3_batch_size": 8,
+        "stage3_max_length": 512,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "vocoder_refiner_steps": 10,
+        "vocoder_duration_steps": 10,
+        "judge_steps": 30,
+        "judge_batch_seconds": 10.0,
+        "judge_valid_items": 4,
+        "judge_hidden_size": 48,
+        "judge_conv_channels": 48,
+        "judge_num_layers": 1,
+        "eval_asr_items": 4,
+        "eval_tts_items": 3,
+        "eval_resynthesis_items": 4,
+        "eval_qa_questions": 2,
+        "eval_max_new_tokens": 48,
+        "latency_repeats": 1,
+        "conversation_turns": 3,
+        "conversation_max_new_tokens": 160,
+        # A model trained for seconds repeats one unit when decoding greedily; sampling exercises the spoken path.
+        "conversation_temperature": 0.8,
+    },
+    "small": {
+        "world_size": "small",
+        "clusters": 100,
+        "kmeans_iterations": 15,
+        "kmeans_max_frames": 100_000,
+        "stage3_items": 200,
+        "hidden_size": 128,
+        "num_layers": 3,
+        "num_heads": 4,
+        "stage0_num_epochs": 4.0,
+        "stage2_num_epochs": 1.0,
+        "stage3_num_epochs": 2.0,
+        "vocoder_refiner_steps": 300,
+        "vocoder_duration_steps": 200,
+        "judge_steps": 400,
+        "eval_asr_items": 30,
+        "eval_tts_items": 12,
+        "eval_resynthesis_items": 30,
+        "eval_qa_questions": 12,
+    },
+    "default": {},
+}
+"""Named sizes: the fields each one changes from the :class:`DemoConfig` defaults (which are the default size)."""
+
+
+class DemoError(ValueError):
+    """Settings or a run folder the demo cannot use; the message names the setting or folder and the reason."""
+
+
+class StepFailed(RuntimeError):
+    """A step raised; the message names the step, and the original error is the ``__cause__``."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(f"step {step!r} failed: {type(error).__name__}: {error}")
+        self.step = step
+
+
+@dataclass
+class DemoConfig:
+    """Every setting of the demo; the defaults are the ``default`` size (see :data:`DEMO_SIZES` for the others).
+
+    Counts of items and steps set the time the demo takes; ``None`` for a world count keeps the world preset's.
+    Training fields ``stage{N}_*`` are those of :class:`~speechgpt.train.Stage0Config` and the following stages.
+    """
+
+    size: str = "default"
+    """The preset these values came from (recorded in the report)."""
+    output_dir: str = DEFAULT_OUTPUT
+    """The run folder."""
+    seed: int = 0
+    """Seed of the world, the k-means, the data, the models and the judge."""
+    workers: int | None = None
+    """Speech synthesis processes (world and stage 3); None: one per CPU."""
+    device: str | None = None
+    """Torch device of training, the judge and evaluation; None: CUDA when present, else CPU."""
+    threads: int | None = None
+    """Torch CPU threads while the demo runs (restored afterwards); None keeps torch's choice. Small models and busy
+    machines run much faster on 1 thread (2 threads contending with other work can be 10x slower)."""
+
+    world_size: str = "default"
+    """Preset of :class:`~speechgpt.data.world.WorldConfig` (``tiny``, ``small``, ``default``, ``large``)."""
+    questions_per_family: int | None = None
+    train_utterances: int | None = None
+    test_utterances: int | None = None
+
+    extractor: str = "mfcc"
+    """Frame features of the unit tokenizer: ``mfcc`` or ``logmel``."""
+    clusters: int = 200
+    """Speech units (k-means clusters)."""
+    kmeans_iterations: int = 20
+    kmeans_max_frames: int = 200_000
+    """k-means trains on a uniform sample of at most this many frames."""
+
+    stage3_items: int | None = 800
+    """Training QA records spoken for stage 3 (spread over the families); None: all of them."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    text_vocab_size: int = 1024
+    """Byte-level BPE vocabulary of the stage-0 text tokenizer. At 512 the meta instruction that starts every
+    stage-2/3 record takes 161 tokens (over half of a record); at 1024 it takes 65."""
+    max_position_embeddings: int = 1024
+
+    save_steps: int = 50
+    """Training checkpoints (what an interrupted stage resumes from) every this many steps."""
+    logging_steps: int = 10
+
+    stage0_num_epochs: float = 6.0
+    stage0_max_steps: int | None = None
+    stage0_learning_rate: float = 2e-3
+    stage0_batch_size: int = 16
+    stage0_max_length: int = 256
+    stage0_warmup: float = 0.05
+
+    stage1_num_epochs: float = 0.5
+    stage1_max_steps: int | None = None
+    stage1_learning_rate: float = 2e-3
+    stage1_batch_size: int = 8
+    stage1_max_length: int = 512
+    stage1_warmup: float = 0.05
+
+    stage2_num_epochs: float = 1.0
+    stage2_max_steps: int | None = None
+    stage2_learning_rate: float = 2e-3
+    stage2_batch_size: int = 4
+    stage2_max_length: int = 1024
+    """Records are ~280 tokens (instruction, ~3 s of units, text): rows of 512 hold one, rows of 1024 three."""
+    stage2_warmup: float = 0.05
+
+    stage3_num_epochs: float = 1.5
+    stage3_max_steps: int | None = None
+    stage3_learning_rate: float = 2e-3
+    stage3_batch_size: int = 4
+    stage3_max_length: int = 1024
+    stage3_warmup: float = 0.05
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """The release adapts ``q_proj``/``v_proj`` of a 7B model; a 3.5M-parameter model needs the adapter's capacity on
+    every projection to take in the chain of modality."""
+
+    vocoder_refiner_steps: int = 800
+    vocoder_duration_steps: int = 600
+
+    judge_steps: int = 600
+    judge_batch_seconds: float = 30.0
+    judge_valid_items: int = 60
+    judge_hidden_size: int | None = None
+    """Recurrent units per direction of the judge; None: :class:`~speechgpt.eval.judge.JudgeConfig`'s."""
+    judge_conv_channels: int | None = None
+    judge_num_layers: int | None = None
+
+    eval_asr_items: int = 80
+    """Held-out-voice recordings transcribed by the model."""
+    eval_tts_items: int = 30
+    """Sentences the model speaks for the judge."""
+    eval_resynthesis_items: int = 60
+    """Held-out-voice recordings passed through units and the vocoder."""
+    eval_qa_questions: int = 30
+    """Held-out spoken questions (held-out voices), each asked in the four combinations."""
+    eval_max_new_tokens: int | None = None
+    """Most tokens per evaluated reply; None: each evaluation's own budget."""
+    latency_repeats: int = 2
+    conversation_turns: int = 4
+    conversation_max_new_tokens: int = 400
+    conversation_temperature: float = 0.0
+    """0: greedy answers (the evaluation's decoding); above 0, sampled with ``top_p`` 0.9 and the demo's seed, as
+    ``speechgpt chat`` samples."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "lora_target_modules" and isinstance(value, list):
+                value = tuple(value)
+                setattr(self, item.name, value)
+            if not _matches(value, hints[item.name]):
+                raise DemoError(f"{item.name} must be {_type_name(hints[item.name])}, got {value!r}")
+        if self.size not in DEMO_SIZES:
+            raise DemoError(f"unknown size {self.size!r}; choose one of {', '.join(DEMO_SIZES)}")
+        from speechgpt.data.world import SIZE_PRESETS
+
+        if self.world_size not in SIZE_PRESETS:
+            raise DemoError(f"unknown world_size {self.world_size!r}; choose one of {', '.join(SIZE_PRESETS)}")
+        if self.extractor not in ("mfcc", "logmel"):
+            raise DemoError(f"extractor must be 'mfcc' or 'logmel', got {self.extractor!r}")
+        if not self.output_dir:
+            raise DemoError("output_dir must not be empty")
+        if self.threads is not None and self.threads < 1:
+            raise DemoError(f"threads must be >= 1 (or None for torch's choice), got {self.threads}")
+        if self.workers is not None and self.workers < 0:
+            raise DemoError(f"workers must be >= 0 (0: synthesize in this process), got {self.workers}")
+        if self.seed < 0:
+            raise DemoError(f"seed must be >= 0, got {self.seed}")
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not isinstance(value, int | float) or item.name in ("seed", "workers", "threads"):
+                continue
+            if item.name.endswith(("_warmup", "_temperature")) and value < 0:
+                raise DemoError(f"{item.name} must be >= 0, got {value}")
+            if not item.name.endswith(("_warmup", "_temperature")) and value <= 0:
+                raise DemoError(f"{item.name} must be positive, got {value}")
+        if self.clusters < 2:
+            raise DemoError(f"clusters must be at least 2, got {self.clusters}")
+        if self.hidden_size % self.num_heads:
+            raise DemoError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if not self.lora_target_modules:
+            raise DemoError("lora_target_modules must name at least one module (e.g. q_proj,v_proj)")
+
+    @classmethod
+    def from_size(cls, size: str = "default", **overrides: Any) -> DemoConfig:
+        """The preset ``size`` with some fields changed.
+
+        Raises:
+            DemoError: unknown size or field, or an invalid value.
+        """
+        if size not in DEMO_SIZES:
+            raise DemoError(f"unknown size {size!r}; choose one of {', '.join(DEMO_SIZES)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DemoError(f"unknown demo setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**{**DEMO_SIZES[size], "size": size, **overrides})
+
+    @classmethod
+    def from_strings(cls, size: str, settings: Sequence[str], **overrides: Any) -> DemoConfig:
+        """The preset ``size`` with ``key=value`` strings (as typed on the command line) and typed ``overrides``.
+
+        Raises:
+            DemoError: a malformed item, an unknown key, or a value of the wrong type.
+        """
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in settings:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise DemoError(f"--set expects KEY=VALUE, got {item!r}")
+            if key not in hints:
+                raise DemoError(f"unknown demo setting {key!r}; known: {', '.join(sorted(hints))}")
+            values[key] = _parse(key, text.strip(), hints[key])
+        return cls.from_size(size, **values, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(isinstance(v, str) and v for v in value)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _parse(key: str, text: str, annotation: Any) -> Any:
+    """A command-line string as a value of the field's type."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if options and text.lower() in ("none", "null"):
+        return None
+    target = next((o for o in options if o is not type(None)), annotation)
+    if typing.get_origin(target) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    try:
+        if target is int:
+            return int(text.replace("_", ""))
+        if target is float:
+            return float(text.replace("_", ""))
+    except ValueError:
+        raise DemoError(f"{key} must be {_type_name(annotation)}, got {text!r}") from None
+    return text
+
+
+# --- records --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepRecord:
+    """What a finished step left in ``steps/<name>.json``.
+
+    Attributes:
+        name: The step.
+        title: What it is, in words.
+        fingerprint: Hash of the settings and earlier steps it was built from.
+        seconds: How long it took when it ran.
+        outputs: Its outputs, relative to the run folder.
+        info: A few JSON-ready facts (counts, losses, metrics).
+        command: The equivalent ``speechgpt`` command.
+        finished_at: When it finished (UTC, ISO 8601).
+        cached: True when this run found it done and skipped it.
+    """
+
+    name: str
+    title: str
+    fingerprint: str
+    seconds: float
+    outputs: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    finished_at: str = ""
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("cached")
+        return {"format": RECORD_FORMAT, "version": RECORD_VERSION, **data}
+
+    @classmethod
+    def read(cls, path: Path) -> StepRecord | None:
+        """The record at ``path``, or None when there is none or it cannot be read (the step then runs again)."""
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != RECORD_FORMAT or data.get("version") != RECORD_VERSION:
+                return None
+            names = {f.name for f in dataclasses.fields(cls)} - {"cached"}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            logger.warning("%s: unreadable step record (%s); the step runs again", path, e)
+            return None
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` did.
+
+    Attributes:
+        out_dir: The run folder.
+        steps: One record per step, in order (``cached`` tells which were skipped).
+        metrics: The headline numbers of ``report.json`` (``asr_wer``, ``qa_text_accuracy``, ...).
+        seconds_total: Seconds of all steps as they were built (skipped steps count what they took then).
+        seconds_run: Wall time of this call.
+    """
+
+    out_dir: Path
+    steps: list[StepRecord]
+    metrics: dict[str, Any]
+    seconds_total: float
+    seconds_run: float
+
+    @property
+    def report(self) -> Path:
+        return self.out_dir / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.out_dir / "report.json"
+
+    @property
+    def bundle(self) -> Path:
+        from speechgpt.demo.steps import BUNDLE_DIR
+
+        return self.out_dir / BUNDLE_DIR
+
+    @property
+    def conversation(self) -> Path:
+        from speechgpt.demo.steps import CONVERSATION_DIR, CONVERSATION_MD
+
+        return self.out_dir / CONVERSATION_DIR / CONVERSATION_MD
+
+    @property
+    def problems(self) -> list[str]:
+        """Steps that finished with items left out (failed records, unreadable audio): partial success."""
+        found = []
+        for record in self.steps:
+            count = record.info.get("failures", record.info.get("failed", 0))
+            count = len(count) if isinstance(count, list) else count
+            if isinstance(count, int) and count > 0:
+                found.append(f"{record.name}: {count} item(s) failed")
+        return found
+
+
+# --- progress -------------------------------------------------------------------------------------------------------
+
+
+class DemoProgress(StepReporter):
+    """What the runner tells a display; this base class shows nothing (subclass it, e.g. :class:`RichDemoProgress`)."""
+
+    def demo_started(self, steps: Sequence[Step], out: Path) -> None:
+        """Before the first step."""
+
+    def step_started(self, index: int, step: Step) -> None:
+        """Step ``index`` (0-based) of the list begins."""
+
+    def step_finished(self, index: int, step: Step, record: StepRecord) -> None:
+        """Step ``index`` finished, or was found done (``record.cached``)."""
+
+    def demo_finished(self) -> None:
+        """After the last step, or when the run stops on an error or an interruption."""
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class RichDemoProgress(DemoProgress):
+    """One display on stderr for the whole demo: step i/N with elapsed time and ETA, and the running step's own bar.
+
+    Finished steps leave one line each. Training draws its own bar (loss, tokens/s, ETA of the stage); while it
+    does, this display steps aside after printing where the demo stands.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console if console is not None else Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            console=self.console,
+            transient=True,
+        )
+        self._steps: Sequence[Step] = ()
+        self._started = 0.0
+        self._done_budget = 0.0
+        self._ran_budget = 0.0
+        self._ran_seconds = 0.0
+        self._fraction = 0.0
+        self._index = 0
+        self._step_started = 0.0
+        self._overall: Any = None
+        self._current: Any = None
+        self._live = False
+
+    def _eta(self) -> str:
+        remaining = sum(step.budget for step in self._steps[self._index :]) - self._fraction * (
+            self._steps[self._index].budget if self._index < len(self._steps) else 0.0
+        )
+        running = time.perf_counter() - self._step_started
+        # Scale the budget by how fast this machine has been so far (the running step included).
+        spent = self._ran_seconds + running
+        budget = self._ran_budget + self._fraction * (
+            self._steps[self._index].budget if self._index < len(self._steps) else 0.0
+        )
+        scale = spent / budget if budget > 0 and spent > 5 else 1.0
+        return f"about {_clock(max(remaining, 0.0) * scale)} left"
+
+    def demo_started(self, steps: Sequence[Step], out: Path) -> None:
+        self._steps = steps
+        self._started = time.perf_counter()
+        self.console.print(f"[bold]SpeechGPT demo[/] → {out} ({len(steps)} steps)", highlight=False)
+        self._overall = self._progress.add_task("demo", total=len(steps), status="", eta="")
+        self._current = self._progress.add_task("", total=None, status="", eta="")
+        self._progress.start()
+        self._live = True
+
+    def step_started(self, index: int, step: Step) -> None:
+        self._index = index
+        self._fraction = 0.0
+        self._step_started = time.perf_counter()
+        self._progress.update(
+            self._overall,
+            description=f"[bold]{index + 1}/{len(self._steps)}[/] {step.title}",
+            completed=index,
+            eta=self._eta(),
+        )
+        self._progress.reset(self._current, total=None, description="  ", status="", eta="")
+
+    def update(self, done: float, total: float | None = None, status: str = "") -> None:
+        if total:
+            self._fraction = min(max(done / total, 0.0), 1.0)
+        self._progress.update(self._current, completed=done, total=total, status=status)
+        self._progress.update(self._overall, completed=self._index + self._fraction, eta=self._eta())
+
+    @contextlib.contextmanager
+    def own_display(self) -> Iterator[bool]:
+        step = self._steps[self._index]
+        self._progress.stop()
+        self._live = False
+        elapsed = _clock(time.perf_counter() - self._started)
+        self.console.print(
+            f"[bold]{self._index + 1}/{len(self._steps)}[/] {step.title} (demo {elapsed} in, {self._eta()})",
+            highlight=False,
+        )
+        try:
+            yield True
+        finally:
+            self._progress.start()
+            self._live = True
+
+    def step_finished(self, index: int, step: Step, record: StepRecord) -> None:
+        if record.cached:
+            line = f"[dim]↷ {index + 1}/{len(self._steps)} {step.title}: done before ({record.seconds:.0f} s)[/]"
+        else:
+            self._ran_seconds += record.seconds
+            self._ran_budget += step.budget
+            line = f"[green]✓[/] {index + 1}/{len(self._steps)} {step.title} [dim]{record.seconds:.1f} s[/]"
+        self._done_budget += step.budget
+        self._fraction = 0.0
+        self._index = index + 1
+        self._progress.console.print(line, highlight=False)
+        self._progress.update(self._overall, completed=index + 1, eta=self._eta())
+
+    def demo_finished(self) -> None:
+        if self._live:
+            self._progress.stop()
+            self._live = False
+
+
+def summary_table(result: DemoResult) -> Table:
+    """The final table: headline metrics against the demo's targets, seconds per step, and where the report is."""
+    from speechgpt.eval.report import DEMO_TARGETS
+
+    table = Table(title=f"SpeechGPT demo: {result.out_dir}", title_justify="left", show_lines=False)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    labels = {
+        "asr_wer": "ASR WER (held-out voices)",
+        "tts_judge_wer": "TTS judge WER",
+        "vocoder_judge_wer": "vocoder judge WER",
+        "qa_text_accuracy": "spoken QA, text answers",
+        "qa_speech_accuracy": "spoken QA, spoken answers",
+    }
+    for key, label in labels.items():
+        value = result.metrics.get(key)
+        shown = f"{100 * value:.1f}%" if isinstance(value, int | float) else "—"
+        target = ""
+        if key in DEMO_TARGETS:
+            op, bound = DEMO_TARGETS[key]
+            met = isinstance(value, int | float) and (value <= bound if op == "<=" else value >= bound)
+            target = f"{'[green]✓[/]' if met else '[red]✗[/]'} {'≤' if op == '<=' else '≥'} {100 * bound:.0f}%"
+        table.add_row(label, shown, target)
+    latency = result.metrics.get("latency_first_audio_s")
+    if isinstance(latency, int | float):
+        table.add_row("first audio of a spoken answer", f"{latency:.2f} s", "")
+    table.add_section()
+    for record in result.steps:
+        table.add_row(f"[dim]{record.title}[/]", f"{record.seconds:.1f} s" + (" (before)" if record.cached else ""), "")
+    table.add_row("[bold]total[/]", f"{result.seconds_total / 60:.1f} min", "≤ 15 min")
+    table.caption = f"report: {result.report}   bundle: {result.bundle}   conversation: {result.conversation}"
+    table.caption_justify = "left"
+    return table
+
+
+# --- the runner -----------------------------------------------------------------------------------------------------
+
+
+def fingerprint(step: Step, config: DemoConfig, upstream: Mapping[str, str]) -> str:
+    """Hash of what the step's result depends on: its settings and the fingerprints of the steps it reads."""
+    settings = config.to_dict()
+    document = {
+        "step": step.name,
+        "settings": {key: settings[key] for key in step.keys},
+        "after": {name: upstream[name] for name in step.after},
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def _outputs_exist(out: Path, outputs: Sequence[str]) -> bool:
+    return all((out / output).exists() for output in outputs)
+
+
+def _clean(out: Path, step: Step) -> None:
+    """Delete what an earlier run of ``step`` (with other settings, or before a ``fresh`` run) left."""
+    for pattern in step.clean:
+        for path in sorted(out.glob(pattern)):
+            logger.info("removing %s before redoing step %s", path, step.name)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _check_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"{out}: exists and is not a folder; choose another --output")
+
+
+def run_demo(
+    config: DemoConfig,
+    *,
+    fresh: bool = False,
+    progress: DemoProgress | None = None,
+    steps: Sequence[Step] | None = None,
+) -> DemoResult:
+    """Build, train, evaluate and talk to a whole SpeechGPT in ``config.output_dir``, skipping finished steps.
+
+    Args:
+        config: The settings (:meth:`DemoConfig.from_size` for a preset).
+        fresh: Redo every step even if its record says it is done (its old outputs are deleted first).
+        progress: The display; none when None.
+        steps: The steps to run (tests pass stand-ins); :data:`~speechgpt.demo.steps.STEPS` when None.
+
+    Returns:
+        The records of the steps and the headline numbers of the report.
+
+    Raises:
+        DemoError: the run folder is not usable.
+        StepFailed: a step raised (its outputs so far are kept; running again resumes it).
+        KeyboardInterrupt: the run was interrupted (likewise resumable).
+    """
+    if not isinstance(config, DemoConfig):
+        raise TypeError(f"config must be a DemoConfig, got {type(config).__name__}")
+    steps = list(STEPS if steps is None else steps)
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        raise DemoError(f"step names repeat: {names}")
+    out = Path(config.output_dir)
+    _check_folder(out)
+    display = progress if progress is not None else DemoProgress()
+    ctx = StepContext(config=config, out=out, reporter=display)
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(out):
+        display.demo_started(steps, out)
+        try:
+            with _torch_threads(config.threads):
+                records = _run_steps(ctx, steps, fresh, display)
+        finally:
+            display.demo_finished()
+    metrics: dict[str, Any] = {}
+
+    report_json = out / "report.json"
+    if report_json.is_file():
+        from speechgpt.eval.report import HEADLINE_KEYS
+
+        document = json.loads(report_json.read_text(encoding="utf-8"))
+        metrics = {key: document.get(key) for key in HEADLINE_KEYS}
+    return DemoResult(
+        out_dir=out,
+        steps=records,
+        metrics=metrics,
+        seconds_total=sum(record.seconds for record in records),
+        seconds_run=time.perf_counter() - started,
+    )
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/steps/.lock`` for the run: two demos in one folder would continue each other's work.
+
+    Raises:
+        DemoError: another process holds the lock (its pid is named when known).
+    """
+    import fcntl  # POSIX only; the demo's training, synthesis and file layout assume it anyway
+
+    path = out / STEPS_DIR / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise DemoError(
+                f"{out}: another demo is running in this folder (pid {holder}); wait for it, or choose another --output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` torch CPU threads inside the block (nothing changes for None)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_steps(ctx: StepContext, steps: Sequence[Step], fresh: bool, display: DemoProgress) -> list[StepRecord]:
+    fingerprints: dict[str, str] = {}
+    records: list[StepRecord] = []
+    for index, step in enumerate(steps):
+        missing = [name for name in step.after if name not in fingerprints]
+        if missing:
+            raise DemoError(f"step {step.name!r} needs {missing}, which do not run before it")
+        fingerprints[step.name] = fingerprint(step, ctx.config, fingerprints)
+        record = _run_step(ctx, index, step, fingerprints[step.name], fresh, display)
+        records.append(record)
+        ctx.records[step.name] = record.to_dict()
+    return records
+
+
+def _run_step(ctx: StepContext, index: int, step: Step, fp: str, fresh: bool, display: DemoProgress) -> StepRecord:
+    out = ctx.out
+    record_path = out / STEPS_DIR / f"{step.name}.json"
+    started_path = out / STEPS_DIR / f"{step.name}{STARTED_SUFFIX}"
+    previous = StepRecord.read(record_path)
+    display.step_started(index, step)
+    if not fresh and previous is not None and previous.fingerprint == fp and _outputs_exist(out, previous.outputs):
+        previous.cached = True
+        display.step_finished(index, step, previous)
+        return previous
+    interrupted = None
+    if started_path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            interrupted = json.loads(started_path.read_text(encoding="utf-8")).get("fingerprint")
+    if fresh or previous is not None or (interrupted is not None and interrupted != fp):
+        _clean(out, step)
+    elif interrupted == fp:
+        logger.info("continuing step %s where an earlier run stopped", step.name)
+    record_path.unlink(missing_ok=True)
+    atomic_write_text(started_path, json.dumps({"fingerprint": fp, "started_at": _now()}) + "\n")
+    begin = time.perf_counter()
+    try:
+        output = step.run(ctx)
+    except (KeyboardInterrupt, DemoError):
+        raise
+    except Exception as e:
+        raise StepFailed(step.name, e) from e
+    record = StepRecord(
+        name=step.name,
+        title=step.title,
+        fingerprint=fp,
+        seconds=round(time.perf_counter() - begin, 3),
+        outputs=list(output.outputs),
+        info=json.loads(json.dumps(output.info, default=str)),
+        command=step_command(step, ctx),
+        finished_at=_now(),
+    )
+    atomic_write_text(record_path, json.dumps(record.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    started_path.unlink(missing_ok=True)
+    display.step_finished(index, step, record)
+    return record
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
