@@ -5,7 +5,8 @@ the demo's settings, so the demo is a script over the product rather than a seco
 (``runs/demo`` by default) ends up holding::
 
     world/                 the speech world (``speechgpt data build-world``)
-    tokenizer/             MFCC features + k-means (``speechgpt units train-kmeans``)
+    recognizer/            a CTC recogniser whose hidden states the tokenizer clusters (``speechgpt judge train``)
+    tokenizer/             recogniser (or MFCC) features + k-means (``speechgpt units train-kmeans``)
     units/train.jsonl      units of every training recording, computed once from the k-means features
                            (the records of ``speechgpt units encode``; audio paths relative to ``units/``)
     data/stage{1,2,3}.*    SpeechInstruct (``speechgpt data build --stage N``)
@@ -29,7 +30,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ DATA_DIR = "data"
 TRAIN_DIR = "train"
 VOCODER_DIR = "vocoder"
 JUDGE_DIR = "judge"
+RECOGNIZER_DIR = "recognizer"
 BUNDLE_DIR = "bundle"
 EVAL_DIR = "eval"
 CONVERSATION_DIR = "conversation"
@@ -131,6 +133,10 @@ class Step:
             fingerprint, so that a resumable library job never continues work of other settings.
         budget: Expected seconds at the default size, for the overall ETA.
         command: The ``speechgpt`` command that does the same with the CLI (shown in the step's record).
+        background: Run in a child process on one CPU core while the steps after it go on (on the other cores);
+            a step that reads it waits for it. For single-threaded work the language model's training does not
+            need (the vocoder, the judge): on 2 cores this hides their minutes behind training. ``run`` must then
+            be a module-level function (it is sent to the child by reference).
     """
 
     name: str
@@ -141,6 +147,7 @@ class Step:
     clean: tuple[str, ...]
     budget: float
     command: str
+    background: bool = False
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -288,7 +295,8 @@ def run_world(ctx: StepContext) -> StepOutput:
 
 
 def run_tokenizer(ctx: StepContext) -> StepOutput:
-    """Fit the unit k-means on MFCC frames of the training speech, then write the units of every training recording.
+    """Fit the unit k-means on frames of the training speech (the recogniser's states, or MFCC/log-mel), then write
+    the units of every training recording.
 
     The features are computed once and kept: k-means trains on a bounded uniform sample of them (as
     ``speechgpt units train-kmeans`` does), and the units are their assignments after deduplication, which is
@@ -303,7 +311,13 @@ def run_tokenizer(ctx: StepContext) -> StepOutput:
 
     config = ctx.config
     items = collect_audio_inputs([_speech_manifest(ctx, "train")])
-    extractor = LightFeatures(LightFeatureConfig(kind=config.extractor))
+    extractor: Any
+    if config.extractor == "recognizer":
+        from speechgpt.units.encoder import RecognizerFeatures
+
+        extractor = RecognizerFeatures.from_pretrained(ctx.path(RECOGNIZER_DIR), device="cpu")
+    else:
+        extractor = LightFeatures(LightFeatureConfig(kind=config.extractor))
     reservoir = FrameReservoir(config.kmeans_max_frames, seed=config.seed)
     features = []
     for done, item in enumerate(items, start=1):
@@ -533,24 +547,19 @@ def run_vocoder(ctx: StepContext) -> StepOutput:
     return StepOutput([VOCODER_DIR], {key: vocoder.info[key] for key in sorted(vocoder.info)})
 
 
-def run_judge(ctx: StepContext) -> StepOutput:
-    """Train the judge ASR on the training voices only (validated on training voices saying held-out questions)."""
+def _train_ctc_recognizer(ctx: StepContext, *, steps: int, seed: int, folder: str) -> StepOutput:
+    """A CTC recogniser (the judge's architecture) trained on the training voices only, validated on training
+    voices saying held-out questions (not training data), saved to ``folder``."""
     from speechgpt.eval.asr import read_eval_manifest
     from speechgpt.eval.judge import JudgeConfig, JudgeTrainArgs, read_transcripts, train_judge
 
     config = ctx.config
     items = read_transcripts(_speech_manifest(ctx, "train"))
-    # Never a held-out voice: the judge scores their speech later. Training voices on held-out questions are not
-    # training data, so they validate it.
     valid = read_eval_manifest(
         _speech_manifest(ctx, "test"), where={"voice_split": "train"}, limit=config.judge_valid_items
     )
     args = JudgeTrainArgs(
-        steps=config.judge_steps,
-        batch_seconds=config.judge_batch_seconds,
-        valid_every=0,
-        seed=config.seed,
-        device=config.device,
+        steps=steps, batch_seconds=config.judge_batch_seconds, valid_every=0, seed=seed, device=config.device
     )
 
     def on_step(step: int, total: int, values: dict[str, float]) -> None:
@@ -562,15 +571,32 @@ def run_judge(ctx: StepContext) -> StepOutput:
         "num_layers": config.judge_num_layers,
     }
     architecture = JudgeConfig(**{name: value for name, value in sizes.items() if value is not None})
-    judge, history = train_judge(
+    model, history = train_judge(
         items, architecture, args=args, valid_items=[(item.audio, item.text) for item in valid], progress=on_step
     )
-    judge.save_pretrained(ctx.path(JUDGE_DIR))
-    info: dict[str, Any] = {"train_items": len(items), "valid_items": len(valid), "steps": config.judge_steps}
+    model.save_pretrained(ctx.path(folder))
+    info: dict[str, Any] = {"train_items": len(items), "valid_items": len(valid), "steps": steps, "seed": seed}
     if history.valid:
         _, cer, wer = history.valid[-1]
         info.update(valid_cer=round(cer, 4), valid_wer=round(wer, 4))
-    return StepOutput([JUDGE_DIR], info)
+    return StepOutput([folder], info)
+
+
+def run_judge(ctx: StepContext) -> StepOutput:
+    """Train the judge ASR on the training voices only: it never hears a held-out voice, whose speech it scores."""
+    return _train_ctc_recognizer(ctx, steps=ctx.config.judge_steps, seed=ctx.config.seed, folder=JUDGE_DIR)
+
+
+def run_recognizer(ctx: StepContext) -> StepOutput:
+    """Train the recogniser whose hidden states become the unit features (``extractor="recognizer"``).
+
+    It has the judge's architecture and training data but its own seed and weights: the judge scores speech made
+    from these units, so the two stay separate models. Nothing to do for the light extractors.
+    """
+    config = ctx.config
+    if config.extractor != "recognizer":
+        return StepOutput([], {"skipped": f"extractor is {config.extractor}"})
+    return _train_ctc_recognizer(ctx, steps=config.recognizer_steps, seed=config.seed + 1, folder=RECOGNIZER_DIR)
 
 
 def run_bundle(ctx: StepContext) -> StepOutput:
@@ -823,6 +849,44 @@ def steps_markdown(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def build_seconds(seconds: Mapping[str, float], steps: Sequence[Step] | None = None) -> float:
+    """Wall-clock seconds of a build whose steps took ``seconds`` (by name), with background steps counted only
+    where the foreground had to wait for them.
+
+    Each group of consecutive background steps runs next to everything after it until the first step that reads
+    one of them (or the end), as the runner does; only what it takes beyond the time that passed meanwhile is
+    added. Steps not in ``steps`` (default :data:`STEPS`) count as foreground.
+    """
+    order = [step for step in (STEPS if steps is None else steps) if step.name in seconds]
+    known = {step.name for step in order}
+    total = sum(value for name, value in seconds.items() if name not in known)
+    lanes: list[dict[str, Any]] = []  # open groups: their steps, their seconds, the time passed since they began
+
+    def wait_for(lane: dict[str, Any]) -> None:
+        nonlocal total
+        waited = max(0.0, lane["seconds"] - lane["passed"])
+        total += waited
+        lanes.remove(lane)
+        for other in lanes:
+            other["passed"] += waited
+
+    for index, step in enumerate(order):
+        for lane in [lane for lane in lanes if lane["names"] & set(step.after)]:
+            wait_for(lane)
+        if step.background:
+            if index == 0 or not order[index - 1].background or not lanes:
+                lanes.append({"names": set(), "seconds": 0.0, "passed": 0.0})
+            lanes[-1]["names"].add(step.name)
+            lanes[-1]["seconds"] += seconds[step.name]
+            continue
+        total += seconds[step.name]
+        for lane in lanes:
+            lane["passed"] += seconds[step.name]
+    while lanes:
+        wait_for(lanes[0])
+    return total
+
+
 def run_report(ctx: StepContext) -> StepOutput:
     """``report.md``, ``report.json`` and the plots from the evaluation results, training curves and step times."""
     from speechgpt.eval.report import PLOT_FILES, REPORT_JSON, REPORT_MD, load_results, write_report
@@ -832,7 +896,7 @@ def run_report(ctx: StepContext) -> StepOutput:
     curves = {f"stage {stage}": _stage_dir(ctx, stage) / LOSS_JSON for stage in TRAINING_STAGES}
     step_seconds = {name: round(float(record["seconds"]), 2) for name, record in ctx.records.items()}
     extra = {
-        "seconds_total": round(sum(step_seconds.values()), 2),
+        "seconds_total": round(build_seconds(step_seconds), 2),
         "seconds_per_step": step_seconds,
         "size": ctx.config.size,
         "demo_config": ctx.config.to_dict(),
@@ -856,6 +920,8 @@ def run_report(ctx: StepContext) -> StepOutput:
 
 # --- the list ---------------------------------------------------------------------------------------------------
 
+_JUDGE_SIZES = ("judge_hidden_size", "judge_conv_channels", "judge_num_layers")
+"""The architecture of the judge and of the units' recogniser."""
 _TRAIN_KEYS = ("seed",)
 """What every training stage reads besides its own fields (checkpoint and logging intervals change no result)."""
 
@@ -877,17 +943,59 @@ STEPS: tuple[Step, ...] = (
         command="speechgpt data build-world -o {out}/world --size {world_size} --seed {seed}{world_options}",
     ),
     Step(
+        "judge",
+        "judge ASR",
+        run_judge,
+        keys=(
+            "seed",
+            "judge_steps",
+            "judge_batch_seconds",
+            "judge_valid_items",
+            *_JUDGE_SIZES,
+        ),
+        after=("world",),
+        clean=(JUDGE_DIR,),
+        budget=80,
+        command="speechgpt judge train {out}/world/speech_train.jsonl -o {out}/judge --steps {judge_steps} "
+        "--batch-seconds {judge_batch_seconds}",
+        background=True,
+    ),
+    Step(
+        "recognizer",
+        "recogniser for the units",
+        run_recognizer,
+        keys=("seed", "extractor", "recognizer_steps", "judge_batch_seconds", "judge_valid_items", *_JUDGE_SIZES),
+        after=("world",),
+        clean=(RECOGNIZER_DIR,),
+        budget=140,
+        command="speechgpt judge train {out}/world/speech_train.jsonl -o {out}/recognizer --steps {recognizer_steps} "
+        "--seed {recognizer_seed} --batch-seconds {judge_batch_seconds}",
+    ),
+    Step(
         "tokenizer",
         "unit tokenizer (k-means)",
         run_tokenizer,
         keys=("seed", "extractor", "clusters", "kmeans_iterations", "kmeans_max_frames"),
-        after=("world",),
+        after=("world", "recognizer"),
         clean=(TOKENIZER_DIR, "units"),
         budget=60,
         command="speechgpt units train-kmeans {out}/world/speech_train.jsonl -o {out}/tokenizer "
-        "--extractor {extractor} --clusters {clusters} --niter {kmeans_iterations} --max-frames {kmeans_max_frames}"
+        "--extractor {extractor}{recognizer_option} --clusters {clusters} --niter {kmeans_iterations} "
+        "--max-frames {kmeans_max_frames}"
         " && speechgpt units encode {out}/world/speech_train.jsonl --tokenizer {out}/tokenizer "
         "-o {out}/units/train.jsonl",
+    ),
+    Step(
+        "vocoder",
+        "vocoder",
+        run_vocoder,
+        keys=("seed", "vocoder_refiner_steps", "vocoder_duration_steps"),
+        after=("tokenizer",),
+        clean=(VOCODER_DIR,),
+        budget=40,
+        command="speechgpt vocoder fit {out}/units/train.jsonl --tokenizer {out}/tokenizer -o {out}/vocoder "
+        "--refiner-steps {vocoder_refiner_steps} --duration-steps {vocoder_duration_steps}",
+        background=True,
     ),
     Step(
         "data_stage1",
@@ -966,36 +1074,6 @@ STEPS: tuple[Step, ...] = (
         "-o {out}/train/stage3{stage3_sets}",
     ),
     Step(
-        "vocoder",
-        "vocoder",
-        run_vocoder,
-        keys=("seed", "vocoder_refiner_steps", "vocoder_duration_steps"),
-        after=("tokenizer",),
-        clean=(VOCODER_DIR,),
-        budget=40,
-        command="speechgpt vocoder fit {out}/units/train.jsonl --tokenizer {out}/tokenizer -o {out}/vocoder "
-        "--refiner-steps {vocoder_refiner_steps} --duration-steps {vocoder_duration_steps}",
-    ),
-    Step(
-        "judge",
-        "judge ASR",
-        run_judge,
-        keys=(
-            "seed",
-            "judge_steps",
-            "judge_batch_seconds",
-            "judge_valid_items",
-            "judge_hidden_size",
-            "judge_conv_channels",
-            "judge_num_layers",
-        ),
-        after=("world",),
-        clean=(JUDGE_DIR,),
-        budget=80,
-        command="speechgpt judge train {out}/world/speech_train.jsonl -o {out}/judge --steps {judge_steps} "
-        "--batch-seconds {judge_batch_seconds}",
-    ),
-    Step(
         "bundle",
         "bundle",
         run_bundle,
@@ -1067,6 +1145,9 @@ def step_command(step: Step, ctx: StepContext) -> str:
     world = {name: getattr(config, name) for name in ("questions_per_family", "train_utterances", "test_utterances")}
     values["world_options"] = "".join(f" --{k.replace('_', '-')} {v}" for k, v in world.items() if v is not None)
     values["train_voices"] = ",".join(_world_config(ctx).train_voices)
+    values["recognizer_seed"] = config.seed + 1
+    recognizer = config.extractor == "recognizer"
+    values["recognizer_option"] = f" --recognizer {ctx.out}/recognizer" if recognizer else ""
     tokens = config.eval_max_new_tokens
     values["max_new_tokens"] = "" if tokens is None else f" --max-new-tokens {tokens}"
     for stage in TRAINING_STAGES:

@@ -343,6 +343,15 @@ class JudgeASR(nn.Module):
         Returns:
             ``([B, T', C] log-probabilities, [B] valid output frames)``, ``T' = max(output_lengths)``.
         """
+        hidden, out_lengths = self.hidden_states(features, lengths)
+        return F.log_softmax(self.head(self.dropout(hidden)), dim=-1), out_lengths
+
+    def hidden_states(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrent layers' output before the character head: ``([B, T', 2H], [B] valid frames)``.
+
+        Trained for CTC, these states say which sound is being spoken and little about who speaks it, which
+        makes them good frame features for speech units (:class:`speechgpt.units.encoder.RecognizerFeatures`).
+        """
         x = F.gelu(self.conv1(features.transpose(1, 2)))  # [B, C, T']
         out_lengths = self.output_lengths(lengths.to(x.device)).clamp(min=1, max=x.shape[2])
         # Zero the frames past each item's end, as the second convolution's own padding would be: an item's
@@ -353,7 +362,7 @@ class JudgeASR(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
         x, _ = self.rnn(packed)
         x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)  # [B, T', 2H]
-        return F.log_softmax(self.head(self.dropout(x)), dim=-1), out_lengths
+        return x, out_lengths
 
     def extract(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Normalised ``[T, n_mels]`` log-mel features of one 16 kHz waveform (on CPU).

@@ -58,6 +58,7 @@ class ExtractorKind(str, enum.Enum):
     mfcc = "mfcc"
     logmel = "logmel"
     hubert = "hubert"
+    recognizer = "recognizer"
 
 
 def _load_tokenizer(
@@ -177,10 +178,20 @@ def train_kmeans(
     ],
     extractor: Annotated[
         ExtractorKind,
-        typer.Option("--extractor", help="Frame features: mfcc/logmel (light, CPU) or hubert (needs --hubert)."),
+        typer.Option(
+            "--extractor",
+            help="Frame features: mfcc/logmel (light, CPU), hubert (needs --hubert) or recognizer (the hidden "
+            "states of a CTC recogniser from `speechgpt judge train`, given by --recognizer: speaker-robust units).",
+        ),
     ] = ExtractorKind.mfcc,
     hubert: Annotated[
         Path | None, typer.Option("--hubert", help="fairseq mHuBERT .pt or Hugging Face HuBERT folder.")
+    ] = None,
+    recognizer: Annotated[
+        Path | None,
+        typer.Option(
+            "--recognizer", help="A recogniser folder written by `speechgpt judge train` (--extractor recognizer)."
+        ),
     ] = None,
     layer: LayerOpt = 11,
     clusters: Annotated[
@@ -206,6 +217,10 @@ def train_kmeans(
     Example:
 
       speechgpt units train-kmeans data/wavs -o runs/tokenizer --extractor mfcc --clusters 200
+
+      speechgpt judge train world/speech_train.jsonl -o runs/recognizer --seed 1
+      speechgpt units train-kmeans world/speech_train.jsonl -o runs/tokenizer --extractor recognizer \\
+          --recognizer runs/recognizer --clusters 200
     """
     from speechgpt.units.kmeans import FrameReservoir, KMeans
     from speechgpt.units.light import LightFeatureConfig, LightFeatures
@@ -219,9 +234,15 @@ def train_kmeans(
             from speechgpt.units.hubert import HubertFeatures
 
             features = HubertFeatures.load(hubert, layer=layer, device=device)
+        elif extractor is ExtractorKind.recognizer:
+            if recognizer is None:
+                fail("--extractor recognizer needs --recognizer DIR (a folder from `speechgpt judge train`)")
+            from speechgpt.units.encoder import RecognizerFeatures
+
+            features = RecognizerFeatures.from_pretrained(recognizer, device=device)
         else:
-            if hubert is not None:
-                warn(f"--hubert is ignored with --extractor {extractor.value}")
+            if hubert is not None or recognizer is not None:
+                warn(f"--hubert and --recognizer are ignored with --extractor {extractor.value}")
             features = LightFeatures(LightFeatureConfig(kind=extractor.value))
     reservoir = FrameReservoir(max_frames, seed=seed)
     failures: list[str] = []

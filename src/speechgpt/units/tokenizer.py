@@ -26,6 +26,7 @@ from speechgpt.units.light import LightFeatureConfig, LightFeatures
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 KMEANS_FILE_NAME = "kmeans.safetensors"
 HUBERT_DIR_NAME = "hubert"
+RECOGNIZER_DIR_NAME = "recognizer"
 TOKENIZER_FORMAT = "speechgpt-speech-tokenizer"
 
 # A unit token is ``<N>`` with N written canonically (no sign, no leading zeros); ten digits at most so a
@@ -190,7 +191,8 @@ class SpeechTokenizer:
     # --- persistence -------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the tokenizer as one folder: ``tokenizer_config.json``, ``kmeans.safetensors`` (+ ``hubert/``)."""
+        """Write the tokenizer as one folder: ``tokenizer_config.json``, ``kmeans.safetensors`` (+ ``hubert/`` or
+        ``recognizer/``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if isinstance(self.extractor, LightFeatures):
@@ -198,6 +200,9 @@ class SpeechTokenizer:
         elif type(self.extractor).__name__ == "HubertFeatures":  # not imported here: it loads transformers' HuBERT
             self.extractor.save_pretrained(directory / HUBERT_DIR_NAME)
             extractor = {"type": "hubert", "path": HUBERT_DIR_NAME, "layer": self.extractor.layer}
+        elif type(self.extractor).__name__ == "RecognizerFeatures":
+            self.extractor.save_pretrained(directory / RECOGNIZER_DIR_NAME)
+            extractor = {"type": "recognizer", "path": RECOGNIZER_DIR_NAME}
         else:
             raise TypeError(f"cannot save a tokenizer with a {type(self.extractor).__name__} extractor")
         self.kmeans.save(directory / KMEANS_FILE_NAME)
@@ -236,9 +241,16 @@ class SpeechTokenizer:
             extractor = HubertFeatures.from_pretrained(
                 directory / spec.get("path", HUBERT_DIR_NAME), layer=int(spec.get("layer", 11)), device=device
             )
+        elif spec.get("type") == "recognizer":
+            from speechgpt.units.encoder import RecognizerFeatures
+
+            extractor = RecognizerFeatures.from_pretrained(
+                directory / spec.get("path", RECOGNIZER_DIR_NAME), device=device
+            )
         else:
             raise ValueError(
-                f"{config_path}: unknown extractor type {spec.get('type')!r}; expected 'light' or 'hubert'"
+                f"{config_path}: unknown extractor type {spec.get('type')!r}; expected 'light', 'hubert' or "
+                "'recognizer'"
             )
         return cls(extractor, load_codebook(directory), **kwargs)
 
