@@ -1,4 +1,4 @@
-# Two commands matter: `make test` (and, later, `make demo`). Both create .venv when it is missing.
+# Two commands matter: `make demo` and `make test`. Both create .venv when it is missing.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# The whole SpeechGPT built from nothing on this machine (~15 min on 2 CPU cores); DEMO_ARGS e.g. "--size tiny".
+# The whole SpeechGPT built from nothing on this machine (about 10 min on 2 CPU cores); DEMO_ARGS e.g. "--size tiny".
 demo: $(STAMP)
 	$(BIN)/speechgpt demo $(DEMO_ARGS)
 

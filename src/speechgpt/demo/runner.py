@@ -223,7 +223,7 @@ class DemoConfig:
     stage1_max_length: int = 512
     stage1_warmup: float = 0.05
 
-    stage2_num_epochs: float = 0.8
+    stage2_num_epochs: float = 0.7
     stage2_max_steps: int | None = None
     stage2_learning_rate: float = 2e-3
     stage2_batch_size: int = 2
