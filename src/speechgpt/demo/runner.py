@@ -223,7 +223,7 @@ class DemoConfig:
     stage1_max_length: int = 512
     stage1_warmup: float = 0.05
 
-    stage2_num_epochs: float = 0.7
+    stage2_num_epochs: float = 1.0
     stage2_max_steps: int | None = None
     stage2_learning_rate: float = 2e-3
     stage2_batch_size: int = 2
@@ -247,7 +247,10 @@ class DemoConfig:
     vocoder_refiner_steps: int = 800
     vocoder_duration_steps: int = 600
 
-    judge_steps: int = 1600
+    judge_steps: int = 1400
+    """On 2 cores the judge trains in the background on one while the recogniser, the data and stages 0-1 run on
+    the other; at 1,400 steps it was done here before stage 2 began, so stage 2 got both cores (a step keeps the
+    threads it started with)."""
     judge_batch_seconds: float = 30.0
     judge_valid_items: int = 60
     judge_hidden_size: int | None = None
