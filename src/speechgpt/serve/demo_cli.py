@@ -25,7 +25,9 @@ def demo_command(
     ),
     size: Annotated[
         DemoSize,
-        typer.Option("--size", help="tiny (a minute, checks the plumbing), small, or default (the real demo)."),
+        typer.Option(
+            "--size", help="tiny (under a minute, checks the plumbing), small, or default (~9 min on 2 cores)."
+        ),
     ] = DemoSize.default,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Redo every step, even those a previous run finished.")
@@ -46,8 +48,9 @@ def demo_command(
 ) -> None:
     """Build the whole SpeechGPT from nothing and talk to it: data, units, four training stages, vocoder, evaluation.
 
-    Steps: speak the embedded world with espeak-ng (some voices held out), fit the unit k-means, build SpeechInstruct
-    stages 1-3, train a tiny Llama through stages 0-3, fit the vocoder and the judge ASR, assemble the bundle,
+    Steps: speak the embedded world with espeak-ng (some voices held out), train a small recogniser whose states
+    become the unit features and fit the unit k-means on them, build SpeechInstruct stages 1-3, train a tiny Llama
+    through stages 0-3, fit the vocoder and the judge ASR (both in the background on one core), assemble the bundle,
     evaluate it on held-out voices (ASR, TTS and vocoder intelligibility, spoken QA in four combinations,
     latency), hold a short spoken conversation, and write the report. Each step is the library code of a
     `speechgpt` command (each step's record in OUTPUT/steps/ names it).
