@@ -226,8 +226,8 @@ class DemoConfig:
     stage2_num_epochs: float = 1.0
     stage2_max_steps: int | None = None
     stage2_learning_rate: float = 1e-3
-    """Learning to read units is sensitive to it: ASR-only runs of 1,200 steps reached held-out WER 0.93, 0.60, 0.31
-    and 0.55 at 5e-3, 2e-3, 1e-3 and 5e-4."""
+    """Learning to read units is sensitive to it: ASR-only runs (1,200 steps of 8 records, recogniser units) reached
+    held-out WER 0.93, 0.60, 0.31 and 0.55 at 5e-3, 2e-3, 1e-3 and 5e-4 (30 held-out recordings each)."""
     stage2_batch_size: int = 2
     stage2_max_length: int = 512
     """Records are ~150 tokens with recogniser units (instruction, ~3 s of units, text): rows of 512 hold three.
