@@ -47,6 +47,7 @@ from speechgpt.jsonl import read_jsonl
 from speechgpt.manifest import ManifestError
 from speechgpt.units.base import HOP_LENGTH, WINDOW_LENGTH, num_frames
 from speechgpt.units.light import LightFeatureConfig, LightFeatures
+from speechgpt.weights import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -475,15 +476,7 @@ class JudgeASR(nn.Module):
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from e
         model = cls(config)
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{weights_path}: weights do not fit (missing {missing}, unexpected {unexpected})")
-        for key, tensor in expected.items():
-            if tuple(state[key].shape) != tuple(tensor.shape):
-                raise ValueError(
-                    f"{weights_path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
-                )
+        check_weights(state, model.state_dict(), str(weights_path))
         model.load_state_dict(state)
         model.info = {str(k): str(v) for k, v in (data.get("info") or {}).items()}
         return model.to(resolve_device(device)).eval()

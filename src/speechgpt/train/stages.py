@@ -333,16 +333,22 @@ def run_stage0(config: Stage0Config) -> StageResult:
     )
     model = create_model(model_config, seed=config.seed)
     logger.info("stage 0: tiny Llama of %s parameters, vocabulary %d", f"{model.num_parameters():,}", len(tokenizer))
-    sequences = encode_text_lines(lines, tokenizer)
+    return _train_on_blocks(0, config, model, tokenizer, encode_text_lines(lines, tokenizer))
+
+
+def _train_on_blocks(
+    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]]
+) -> StageResult:
+    """Stages 0 and 1: causal LM on token sequences cut into blocks of ``max_length`` (one row per sequence when
+    ``packing`` is off), trained, saved with the tokenizer to ``OUTPUT/model``."""
     rows = pack_blocks(sequences, config.max_length) if config.packing else _rows_per_line(sequences, config.max_length)
     stats = PackingStats.of(rows, config.batch_size)
     attention = _prepare_for_training(model, config, packed=False)
-    outcome = run_training(
-        model, RowDataset(rows), RowCollator(_pad_id(tokenizer), PAD_TO_MULTIPLE_OF), config, title="stage 0"
-    )
+    collator = RowCollator(_pad_id(tokenizer), PAD_TO_MULTIPLE_OF)
+    outcome = run_training(model, RowDataset(rows), collator, config, title=f"stage {stage}")
     _save_trained(outcome, tokenizer, Path(config.output_dir) / MODEL_DIR, attention)
     _write_config(config, outcome)
-    return _result(0, config, outcome, stats)
+    return _result(stage, config, outcome, stats)
 
 
 def run_stage1(config: Stage1Config) -> StageResult:
@@ -359,16 +365,7 @@ def run_stage1(config: Stage1Config) -> StageResult:
     model, tokenizer = _load_base(config)
     vocab, _ = _speech_vocab(model, tokenizer, config.num_units)
     encoder = PromptEncoder(tokenizer, vocab)
-    sequences = encode_unit_lines(lines, encoder, source=config.data)
-    rows = pack_blocks(sequences, config.max_length) if config.packing else _rows_per_line(sequences, config.max_length)
-    stats = PackingStats.of(rows, config.batch_size)
-    attention = _prepare_for_training(model, config, packed=False)
-    outcome = run_training(
-        model, RowDataset(rows), RowCollator(_pad_id(tokenizer), PAD_TO_MULTIPLE_OF), config, title="stage 1"
-    )
-    _save_trained(outcome, tokenizer, Path(config.output_dir) / MODEL_DIR, attention)
-    _write_config(config, outcome)
-    return _result(1, config, outcome, stats)
+    return _train_on_blocks(1, config, model, tokenizer, encode_unit_lines(lines, encoder, source=config.data))
 
 
 def run_stage2(config: Stage2Config) -> StageResult:

@@ -76,6 +76,7 @@ from speechgpt.vocoder.base import (
     durations_from_log,
 )
 from speechgpt.vocoder.streaming import StreamingSynthesizer
+from speechgpt.weights import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -591,15 +592,7 @@ class FastVocoder(nn.Module):
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{weights_path}: unreadable safetensors file ({e})") from e
         model = cls(config)
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{weights_path}: weights do not fit (missing {missing}, unexpected {unexpected})")
-        for key, tensor in expected.items():
-            if tuple(state[key].shape) != tuple(tensor.shape):
-                raise ValueError(
-                    f"{weights_path}: {key} has shape {tuple(state[key].shape)}, the config needs {tuple(tensor.shape)}"
-                )
+        check_weights(state, model.state_dict(), str(weights_path), expects="the config needs")
         model.load_state_dict(state, strict=True)
         model.info = {k: v for k, v in metadata.items() if k != "format"}
         return model.to(resolve_device(device)).eval()

@@ -47,6 +47,7 @@ from speechgpt.fileio import atomic_write_bytes, atomic_write_text
 from speechgpt.vocoder._fast_ops import FastGenerator, onednn_available
 from speechgpt.vocoder.base import UnitsLike, as_durations, as_unit_ids, check_batch, check_speaker, durations_from_log
 from speechgpt.vocoder.config import VocoderConfig
+from speechgpt.weights import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -517,16 +518,9 @@ class UnitHiFiGAN(nn.Module):
             ValueError: keys missing or unexpected (listed), or a shape mismatch (key and both shapes), naming
                 ``source``.
         """
-        expected = self.inference_state_dict()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{source}: weights do not fit this vocoder (missing {missing}, unexpected {unexpected})")
-        for key, tensor in expected.items():
-            if tuple(state_dict[key].shape) != tuple(tensor.shape):
-                raise ValueError(
-                    f"{source}: {key} has shape {tuple(state_dict[key].shape)}, the model expects {tuple(tensor.shape)}"
-                )
+        check_weights(
+            state_dict, self.inference_state_dict(), source, target=" this vocoder", expects="the model expects"
+        )
         if any(parametrize.is_parametrized(m, "weight") for m in self.modules()):
             raise ValueError("remove_weight_norm() before loading plain weights")
         self.load_state_dict(state_dict, strict=True, assign=assign)
