@@ -257,6 +257,27 @@ def test_bad_settings_are_named(size, settings, message):
     assert message in str(caught.value)
 
 
+def test_training_settings_of_each_stage(monkeypatch):
+    import speechgpt.train.trainer as trainer
+    from speechgpt.demo.steps import _stage_settings
+
+    config = DemoConfig(device="cpu")
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    settings = {stage: _stage_settings(config, stage) for stage in (0, 1, 2, 3)}
+    assert [settings[stage].get("precision") for stage in (0, 1, 2, 3)] == ["bf16", "bf16", "bf16", None]
+    assert [settings[stage]["packing"] for stage in (0, 1, 2, 3)] == [True, True, False, False]
+    assert settings[2]["batch_size"] == config.stage2_batch_size and settings[0]["hidden_size"] == config.hidden_size
+    assert settings[3]["replay_fraction"] == config.stage3_replay_fraction and "replay_fraction" not in settings[2]
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    assert _stage_settings(config, 2)["precision"] == "auto"
+    assert _stage_settings(DemoConfig(device="cpu", precision="fp32"), 0)["precision"] == "fp32"
+    with pytest.raises(DemoError, match="precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
+        DemoConfig(precision="fp8")
+    assert DemoConfig(stage3_replay_fraction=0.0).stage3_replay_fraction == 0.0
+    with pytest.raises(DemoError, match="stage3_replay_fraction must be >= 0"):
+        DemoConfig(stage3_replay_fraction=-1.0)
+
+
 def test_command_help_and_user_errors(tmp_path):
     result = runner.invoke(_app(), ["--help"])
     assert result.exit_code == 0 and "speechgpt demo --size tiny" in result.output

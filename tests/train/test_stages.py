@@ -3,6 +3,7 @@ the next one starts from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from speechgpt.train.stages import (
     CONFIG_FILE,
     MODEL_DIR,
     StageResult,
+    replayed_records,
     resolve_base_model,
     run_stage,
     run_stage0,
@@ -188,6 +190,32 @@ def test_stage3_saves_adapter_and_merged_model(runs: dict[int, StageResult]) -> 
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, wrapped(ids).logits, atol=1e-4, rtol=1e-4)
     assert merged.config.use_cache  # generation-ready
+
+
+def test_replayed_records_are_a_seeded_share_of_the_earlier_stage(tmp_path: Path) -> None:
+    pool = write_records(tmp_path / "stage2.jsonl", cross_modal_records(10))
+    config = Stage3Config(data="x", replay_data=str(pool), replay_fraction=0.25, seed=3)
+    chosen = replayed_records(config, 16)
+    assert len(chosen) == 4 and chosen == replayed_records(config, 16)
+    assert all(record in cross_modal_records(10) for record in chosen)
+    assert len({json.dumps(record) for record in chosen}) == 4  # without replacement
+    assert chosen != replayed_records(Stage3Config(data="x", replay_data=str(pool), seed=4), 16)
+    assert len(replayed_records(Stage3Config(data="x", replay_data=str(pool), replay_fraction=2.0), 16)) == 10
+    assert replayed_records(Stage3Config(data="x"), 16) == []
+    with pytest.raises(ConfigError, match=r"replay_fraction must not be negative, got -0\.5"):
+        Stage3Config(replay_fraction=-0.5)
+
+
+def test_stage3_trains_on_its_records_and_the_replayed_ones(tmp_path: Path, runs: dict[int, StageResult]) -> None:
+    chain = write_records(tmp_path / "chain.jsonl", chain_of_modality_records(8))
+    pool = write_records(tmp_path / "stage2.jsonl", cross_modal_records(12))
+    settings = {**COMMON, "max_steps": 1, "batch_size": 2, "max_length": 256, "lora_r": 2, "packing": False}
+    config = Stage3Config(
+        data=str(chain), base_model=str(runs[2].model_dir), output_dir=str(tmp_path / "s3"), **settings
+    )
+    replaying = dataclasses.replace(config, replay_data=str(pool), replay_fraction=0.5, output_dir=str(tmp_path / "r"))
+    assert run_stage3(config).data.examples == 8
+    assert run_stage3(replaying).data.examples == 12
 
 
 def test_resume_of_a_finished_run_trains_nothing(runs: dict[int, StageResult]) -> None:

@@ -12,6 +12,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
+import speechgpt.train.trainer as trainer_module
 from speechgpt.lm import PromptEncoder, create_model, load_model, tiny_llama_config
 from speechgpt.train.config import Stage2Config
 from speechgpt.train.data import RowCollator, RowDataset, encode_records, pack_examples
@@ -19,6 +20,7 @@ from speechgpt.train.trainer import (
     LOSS_JSON,
     LOSS_PNG,
     STAGING_DIR,
+    build_training_arguments,
     list_checkpoints,
     prepare_run_dir,
     resolve_precision,
@@ -167,8 +169,16 @@ def test_loss_files_and_progress_display(tmp_path, rows) -> None:
     assert "stage 2" in shown and "5/5" in shown and "loss " in shown and "tok/s" in shown
 
 
-def test_precision_choice_on_cpu() -> None:
+def test_precision_choice_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_precision("auto", use_cpu=True) == "fp32"
     assert resolve_precision("fp32") == "fp32"
-    with pytest.raises(ValueError, match="precision=bf16 needs a CUDA GPU"):
+    with pytest.raises(ValueError, match="precision=fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", use_cpu=True)
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="precision=bf16 on the CPU needs native bf16"):
         resolve_precision("bf16", use_cpu=True)
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("bf16", use_cpu=True) == "bf16"
+    assert resolve_precision("auto", use_cpu=True) == "fp32"  # bf16 on the CPU only when asked for
+    args = build_training_arguments(Stage2Config(data="x", output_dir="unused", precision="bf16", device="cpu"))
+    assert args.bf16 and args.use_cpu and not args.fp16

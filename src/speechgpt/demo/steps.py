@@ -439,6 +439,9 @@ def _stage_dir(ctx: StepContext, stage: int) -> Path:
     return ctx.path(TRAIN_DIR, f"stage{stage}")
 
 
+STAGE_FIELDS = ("num_epochs", "max_steps", "learning_rate", "batch_size", "max_length", "warmup", "packing")
+"""The training settings every stage has in :class:`DemoConfig` as ``stage{N}_<field>``."""
+
 STAGE_DATA = {0: f"{WORLD_DIR}/text/corpus.txt", 1: "data/stage1.txt", 2: "data/stage2.jsonl", 3: "data/stage3.jsonl"}
 """What each training stage reads, relative to the run folder."""
 
@@ -448,8 +451,10 @@ def _stage_settings(config: DemoConfig, stage: int) -> dict[str, Any]:
     paths: the ``--set`` values of ``speechgpt train stage{N}``."""
     prefix = f"stage{stage}_"
     values: dict[str, Any] = {"seed": config.seed, "save_steps": config.save_steps}
+    if stage < 3:
+        values["precision"] = _training_precision(config)
     values["logging_steps"] = config.logging_steps
-    for name in ("num_epochs", "max_steps", "learning_rate", "batch_size", "max_length", "warmup"):
+    for name in STAGE_FIELDS:
         values[name] = getattr(config, prefix + name)
     if stage == 0:
         values.update(
@@ -463,9 +468,24 @@ def _stage_settings(config: DemoConfig, stage: int) -> dict[str, Any]:
         values["num_units"] = config.clusters
     if stage == 3:
         values.update(
-            lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_target_modules=tuple(config.lora_target_modules)
+            lora_r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_target_modules=tuple(config.lora_target_modules),
+            replay_fraction=config.stage3_replay_fraction,
         )
     return values
+
+
+def _training_precision(config: DemoConfig) -> str:
+    """``config.precision``, with ``auto`` made bf16 where only the CPU trains and it computes in bf16 natively."""
+    import torch
+
+    from speechgpt.train.trainer import cpu_has_bf16
+
+    cpu_only = config.device == "cpu" or (config.device is None and not torch.cuda.is_available())
+    if config.precision == "auto" and cpu_only and cpu_has_bf16():
+        return "bf16"
+    return config.precision
 
 
 def _train(ctx: StepContext, stage: int) -> StepOutput:
@@ -477,6 +497,8 @@ def _train(ctx: StepContext, stage: int) -> StepOutput:
     values["device"] = ctx.config.device
     if stage > 0:
         values["base_model"] = str(_stage_dir(ctx, stage - 1))
+    if stage == 3:
+        values["replay_data"] = str(ctx.path(STAGE_DATA[2]))
     with ctx.reporter.own_display() as draw, warnings.catch_warnings():
         # torch's DataLoader warns on every CPU-only run that pinned memory is unused: noise here.
         warnings.filterwarnings("ignore", message=".*pin_memory.*", category=UserWarning)
@@ -922,13 +944,12 @@ def run_report(ctx: StepContext) -> StepOutput:
 
 _JUDGE_SIZES = ("judge_hidden_size", "judge_conv_channels", "judge_num_layers")
 """The architecture of the judge and of the units' recogniser."""
-_TRAIN_KEYS = ("seed",)
+_TRAIN_KEYS = ("seed", "precision")
 """What every training stage reads besides its own fields (checkpoint and logging intervals change no result)."""
 
 
 def _stage_keys(stage: int) -> tuple[str, ...]:
-    fields = ("num_epochs", "max_steps", "learning_rate", "batch_size", "max_length", "warmup")
-    return (*_TRAIN_KEYS, *(f"stage{stage}_{name}" for name in fields))
+    return (*_TRAIN_KEYS, *(f"stage{stage}_{name}" for name in STAGE_FIELDS))
 
 
 STEPS: tuple[Step, ...] = (
@@ -1066,12 +1087,12 @@ STEPS: tuple[Step, ...] = (
         "train_stage3",
         "train stage 3 (chain of modality, LoRA)",
         run_train_stage3,
-        keys=(*_stage_keys(3), "lora_r", "lora_alpha", "lora_target_modules"),
-        after=("train_stage2", "data_stage3"),
+        keys=(*_stage_keys(3), "lora_r", "lora_alpha", "lora_target_modules", "stage3_replay_fraction"),
+        after=("train_stage2", "data_stage3", "data_stage2"),
         clean=("train/stage3",),
         budget=200,
         command="speechgpt train stage3 --data {out}/data/stage3.jsonl --base-model {out}/train/stage2 "
-        "-o {out}/train/stage3{stage3_sets}",
+        "-o {out}/train/stage3 --set replay_data={out}/data/stage2.jsonl{stage3_sets}",
     ),
     Step(
         "bundle",

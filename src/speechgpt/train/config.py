@@ -239,10 +239,17 @@ class Stage3Config(TrainConfig):
     """Dropout on the LoRA input."""
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """Linear layers that get an adapter (names inside each decoder layer)."""
+    replay_data: str | None = None
+    """Records of an earlier stage (stage 2's JSONL) mixed into this stage's, so that the cross-modal instructions
+    it taught are not forgotten. The release trains stage 3 on chain-of-modality records alone; a 3.5M-parameter
+    model trained that way answers a transcription request with an answer (held-out ASR WER 0.35 -> 0.93)."""
+    replay_fraction: float = 0.25
+    """Replayed records per record of ``data`` (drawn without replacement with ``seed``, at most the whole file)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive(self, "lora_r", "lora_alpha")
+        _non_negative(self, "replay_fraction")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules or not all(self.lora_target_modules):

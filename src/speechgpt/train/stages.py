@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -152,6 +153,21 @@ def _check_inputs(config: TrainConfig, *, needs_base: bool = True) -> None:
         raise ConfigError("data is required: the training file the data builder wrote for this stage")
     if needs_base:
         resolve_base_model(config.base_model)
+
+
+def replayed_records(config: Stage3Config, count: int) -> list[dict[str, Any]]:
+    """``replay_fraction * count`` records of ``config.replay_data`` (none without it), the same ones for a seed.
+
+    Raises:
+        FileNotFoundError, DataError: for a missing or malformed replay file.
+    """
+    if not config.replay_data:
+        return []
+    pool = read_records(config.replay_data)
+    wanted = min(len(pool), round(config.replay_fraction * count))
+    chosen = random.Random(config.seed).sample(pool, wanted)
+    logger.info("replaying %d of %d records of %s", wanted, len(pool), config.replay_data)
+    return chosen
 
 
 def _load_base(config: TrainConfig, *, frozen: bool = False) -> tuple[Any, Any]:
@@ -414,6 +430,7 @@ def run_stage3(config: Stage3Config) -> StageResult:
         )
     _check_inputs(config)
     records = read_records(config.data)
+    records += replayed_records(config, len(records))
     model, tokenizer = _load_base(config, frozen=True)
     vocab, expanded = _speech_vocab(model, tokenizer, config.num_units)
     if expanded:
