@@ -217,6 +217,10 @@ def stage3(
 
       speechgpt train stage3 --config stage3.yaml --set lora_r=16 --set lora_target_modules=q_proj,k_proj,v_proj
 
+    A small model forgets stage 2's instructions (transcribe, speak) in stage 3; mix some of its records back in:
+
+      speechgpt train stage3 ... --set replay_data=data/stage2.jsonl --set replay_fraction=0.5
+
     On several GPUs (shipped accelerate configs: single, ddp, fsdp, zero3):
 
       accelerate launch \\
