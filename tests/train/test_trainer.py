@@ -182,3 +182,5 @@ def test_precision_choice_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_precision("auto", use_cpu=True) == "fp32"  # bf16 on the CPU only when asked for
     args = build_training_arguments(Stage2Config(data="x", output_dir="unused", precision="bf16", device="cpu"))
     assert args.bf16 and args.use_cpu and not args.fp16
+    fp32 = build_training_arguments(Stage2Config(data="x", output_dir="unused", precision="fp32"))
+    assert not fp32.use_cpu and not fp32.bf16  # only bf16 pins the CPU; accelerate still picks the device otherwise

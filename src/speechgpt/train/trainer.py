@@ -127,7 +127,8 @@ def build_training_arguments(config: TrainConfig, **overrides: Any) -> TrainingA
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is available; use device=cpu or leave it unset")
     precision = resolve_precision(config.precision, use_cpu=use_cpu)
-    use_cpu = use_cpu or not torch.cuda.is_available()  # HF asks for it explicitly with bf16 on the CPU
+    if precision == "bf16" and not torch.cuda.is_available():
+        use_cpu = True  # HF refuses bf16 without a GPU unless the CPU is named; other devices (MPS) stay selectable
     warmup: float | int = config.warmup if config.warmup < 1 else int(config.warmup)
     values: dict[str, Any] = {
         "output_dir": config.output_dir,
