@@ -265,7 +265,14 @@ def test_training_settings_of_each_stage(monkeypatch):
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
     settings = {stage: _stage_settings(config, stage) for stage in (0, 1, 2, 3)}
     assert [settings[stage].get("precision") for stage in (0, 1, 2, 3)] == ["bf16", "bf16", "bf16", None]
-    assert [settings[stage]["packing"] for stage in (0, 1, 2, 3)] == [True, True, False, False]
+    assert [settings[stage]["packing"] for stage in (0, 1, 2, 3)] == [True, True, True, False]
+    assert [settings[stage]["pack_length"] for stage in (0, 1, 2, 3)] == [None, None, 720, None]
+    # Every setting is one `speechgpt train` accepts (a typo would fail there, after minutes of earlier steps).
+    from speechgpt.train.config import STAGE_CONFIGS, load_config
+
+    for stage in (0, 1, 2, 3):
+        paths = {"data": "d", "output_dir": "o"} | ({"base_model": "b"} if stage else {})
+        load_config(STAGE_CONFIGS[stage], None, {**settings[stage], **paths})
     assert settings[2]["batch_size"] == config.stage2_batch_size and settings[0]["hidden_size"] == config.hidden_size
     assert settings[3]["replay_fraction"] == config.stage3_replay_fraction and "replay_fraction" not in settings[2]
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)

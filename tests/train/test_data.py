@@ -25,6 +25,8 @@ from speechgpt.train.data import (
     pad_examples,
     read_records,
     read_text_lines,
+    row_segments,
+    shared_prefix_length,
     use_segmented_attention,
 )
 from tests.train import (
@@ -210,6 +212,117 @@ def test_packed_loss_equals_unpacked_loss(encoder: PromptEncoder, attention: str
         count += int(keep.sum())
     assert packed_out.loss.item() == pytest.approx(total / count, abs=1e-5)
     assert padded_loss == pytest.approx(total / count, abs=1e-5)
+
+
+def _ignored(n: int) -> list[int]:
+    return [IGNORE_INDEX] * n
+
+
+def test_shared_prefix_length_stops_at_labels_and_differences() -> None:
+    def example(ids: list[int], learned_from: int) -> EncodedExample:
+        return EncodedExample(ids, _ignored(learned_from) + ids[learned_from:])
+
+    same_start = [example([1, 2, 3, 4, 5, 6], 5), example([1, 2, 3, 4, 7, 8, 9], 5), example([1, 2, 3, 9, 9, 9], 4)]
+    assert shared_prefix_length(same_start) == 3  # the third differs at index 3
+    # The token right after the prefix must be unlabelled too (it is predicted from the previous example when packed).
+    assert shared_prefix_length([example([1, 2, 3, 4, 5], 3), example([1, 2, 3, 4, 6], 5)]) == 2
+    # At least one token stays after the prefix, and position 0's label is never used.
+    assert shared_prefix_length([EncodedExample([1, 2, 3], [1, *_ignored(2)])] * 2) == 2
+    assert shared_prefix_length([example([1, 2, 3], 1), example([1, 2, 4], 1)]) == 0
+    assert shared_prefix_length([example([5, 2, 3], 3), example([1, 2, 3], 3)]) == 0
+    assert shared_prefix_length([]) == 0
+
+
+def test_shared_prefix_rows_hold_the_prefix_once() -> None:
+    prefix = [50, 51, 52, 53]
+    tails = [[10, 11, 12], [20, 21], [30, 31, 32, 33], [40, 41, 42]]
+    examples = [EncodedExample(prefix + t, _ignored(len(prefix) + 1) + t[1:]) for t in tails]
+    rows = pack_examples(examples, 12, seed=0, share_prefix=True)
+    # Filled in a seeded random order (tails 4, 3 | 2, 3 with seed 0), each row within 12 tokens.
+    assert sorted(len(r["input_ids"]) for r in rows) == [9, 11]
+    assert pack_examples(examples, 12, seed=0, share_prefix=True) == rows
+    assert pack_examples(examples, 12, seed=1, share_prefix=True) != rows
+    seen = []
+    for row in rows:
+        assert row["input_ids"][:4] == prefix and row["labels"][:4] == _ignored(4)
+        segments = row_segments(row["position_ids"])
+        # The first example's rest runs on from the prefix; each further one continues it at position 4.
+        assert segments[0][0] == 0 and segments[0][2] == 0
+        seen.append(row["input_ids"][4 : segments[0][1]])
+        for a, b, first in segments[1:]:
+            tail = row["input_ids"][a:b]
+            assert first == 4 and row["position_ids"][a:b] == list(range(4, 4 + len(tail)))
+            assert row["labels"][a:b] == [IGNORE_INDEX, *tail[1:]]
+            seen.append(tail)
+    assert sorted(seen) == sorted(tails)
+    stats = PackingStats.of(rows, batch_size=2)
+    assert (stats.examples, stats.tokens, stats.example_tokens) == (4, 20, 4 * 4 + 12)
+    batch = RowCollator(pad_token_id=0)(rows)
+    assert batch[USEFUL_TOKENS_KEY] == 4 * 4 + 12  # the tokens of the examples as if unpacked
+    # Without a shared prefix of 2+ tokens the rows are ordinary packed rows.
+    assert pack_examples(examples, 12, share_prefix=False) != rows
+    lone = [EncodedExample([9, *t], [IGNORE_INDEX, *t]) for t in tails]
+    assert all(r["position_ids"][0] == 0 for r in pack_examples(lone, 12, share_prefix=True))
+
+
+def test_row_segments_rejects_a_prefix_the_row_lacks() -> None:
+    assert row_segments([0, 1, 2, 0, 1, 0]) == [(0, 3, 0), (3, 5, 0), (5, 6, 0)]
+    assert row_segments([0, 1, 2, 3, 2, 3, 3]) == [(0, 4, 0), (4, 6, 2), (6, 7, 3)]
+    with pytest.raises(ValueError, match="continues a 3-token prefix"):
+        row_segments([0, 1, 3, 4])
+    with pytest.raises(ValueError, match="continues a 2-token prefix"):
+        row_segments([1, 2, 2])
+
+
+def test_shared_prefix_packing_gives_the_unpacked_logits_loss_and_gradients(encoder: PromptEncoder) -> None:
+    config = tiny_llama_config(len(encoder.tokenizer), **TINY_MODEL, max_position_embeddings=1024)
+    config.initializer_range = 0.2
+    model = create_model(config, seed=3, attn_implementation="sdpa")
+    model.config.use_cache = False
+    use_segmented_attention(model)
+    records = cross_modal_records(6) + chain_of_modality_records(3)
+    examples = encode_records(records, encoder, source="test")
+    prefix = shared_prefix_length(examples)
+    assert prefix >= len(encoder.encode_trusted(META_INSTRUCTION))  # the meta instruction at least
+    rows = pack_examples(examples, 1024, seed=0, share_prefix=True)
+    assert len(rows) < len(examples)
+    collate = RowCollator(pad_token_id=encoder.tokenizer.pad_token_id, pad_to_multiple_of=8)
+    shared = collate(rows)
+    assert shared.pop(USEFUL_TOKENS_KEY) == sum(len(e.input_ids) for e in examples)
+    assert shared["input_ids"].numel() < 0.75 * sum(len(e.input_ids) for e in examples)
+    padded = collate(pad_examples(examples))
+    padded.pop(USEFUL_TOKENS_KEY)
+
+    def loss_and_grads(batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        return out.loss.detach(), out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    shared_loss, shared_logits, shared_grads = loss_and_grads(shared)
+    padded_loss, padded_logits, padded_grads = loss_and_grads(padded)
+    assert shared_loss.item() == pytest.approx(padded_loss.item(), abs=1e-5)
+    worst = max((shared_grads[n] - padded_grads[n]).abs().max().item() for n in padded_grads)
+    scale = max(g.abs().max().item() for g in padded_grads.values())
+    assert worst < 1e-4 * scale
+    # Each example's tokens get the logits they get padded (a continued segment's prefix is computed once).
+    by_ids = {tuple(e.input_ids): i for i, e in enumerate(examples)}
+    checked = 0
+    for r, row in enumerate(rows):
+        for a, b, first in row_segments(row["position_ids"]):
+            i = by_ids[tuple(row["input_ids"][:first] + row["input_ids"][a:b])]
+            difference = (shared_logits[r, a:b] - padded_logits[i, first : first + b - a]).abs().max().item()
+            assert difference < 1e-4
+            checked += 1
+    assert checked == len(examples)
+    # Without the continuation the segments would not see the prefix: clearly different logits.
+    with torch.no_grad():
+        alone = dict(
+            shared, position_ids=shared["position_ids"] - torch.where(shared["position_ids"] >= prefix, prefix, 0)
+        )
+        cut_logits = model(**alone).logits
+    a, b, _ = row_segments(rows[0]["position_ids"])[1]
+    assert (cut_logits[0, a:b] - shared_logits[0, a:b]).abs().max().item() > 1e-2
 
 
 def test_read_records_names_the_bad_record(tmp_path) -> None:

@@ -77,7 +77,7 @@ def _torchrun_stage2(data: Path, base: Path, output: Path) -> subprocess.Complet
         "-o",
         str(output),
         *("--set", "device=cpu", "--set", "progress=false", "--set", "num_epochs=1", "--set", "warmup=0"),
-        *("--set", f"batch_size={BATCH_SIZE}", "--set", "max_length=256", "--set", "learning_rate=1e-2"),
+        *("--set", f"batch_size={BATCH_SIZE}", "--set", "max_length=240", "--set", "learning_rate=1e-2"),
         *("--set", "logging_steps=1", "--set", "save_steps=1000"),
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=_child_env(), check=False)
@@ -100,12 +100,13 @@ def test_ddp_two_processes_on_cpu_train_stage2_and_save_a_loadable_model(tmp_pat
     assert rows % (WORLD_SIZE * BATCH_SIZE) == 0, f"{rows} rows: the sampler would pad, tokens would not add up"
     # Two ranks each took BATCH_SIZE rows per step: half the steps one process would need for the epoch.
     assert result["steps"] == rows // (WORLD_SIZE * BATCH_SIZE)
-    # The useful tokens gathered over both ranks are exactly one epoch: each row was seen once, by one rank.
-    assert result["train_useful_tokens"] == result["tokens_per_epoch"] > 0
+    # The useful tokens gathered over both ranks are exactly one epoch: each row was seen once, by one rank. Rows hold
+    # the meta instruction once for two examples (shared prefix), so the examples' tokens exceed the rows'.
+    assert result["train_useful_tokens"] == result["example_tokens_per_epoch"] > result["tokens_per_epoch"] > 0
     assert result["final_loss"] < result["first_loss"]
     curve = json.loads((output / "loss.json").read_text(encoding="utf-8"))["log"]
     assert [e["step"] for e in curve] == list(range(1, result["steps"] + 1))
-    assert sum(e["useful_tokens"] for e in curve) == result["tokens_per_epoch"]
+    assert sum(e["useful_tokens"] for e in curve) == result["example_tokens_per_epoch"]
 
     model_dir = Path(result["model_dir"])
     assert model_dir == output / "model"

@@ -439,7 +439,16 @@ def _stage_dir(ctx: StepContext, stage: int) -> Path:
     return ctx.path(TRAIN_DIR, f"stage{stage}")
 
 
-STAGE_FIELDS = ("num_epochs", "max_steps", "learning_rate", "batch_size", "max_length", "warmup", "packing")
+STAGE_FIELDS = (
+    "num_epochs",
+    "max_steps",
+    "learning_rate",
+    "batch_size",
+    "max_length",
+    "warmup",
+    "packing",
+    "pack_length",
+)
 """The training settings every stage has in :class:`DemoConfig` as ``stage{N}_<field>``."""
 
 STAGE_DATA = {0: f"{WORLD_DIR}/text/corpus.txt", 1: "data/stage1.txt", 2: "data/stage2.jsonl", 3: "data/stage3.jsonl"}

@@ -97,6 +97,11 @@ class TrainConfig:
     """Pack several examples into each row (without attention across them) instead of padding each one."""
     pack_length: int | None = None
     """Longest packed row (stages 2/3); ``None``: ``max_length``. Longer rows waste less on CPU (e.g. 2048)."""
+    share_prefix: bool = True
+    """Packed rows of stages 2/3 hold the prompt start that all examples share (the meta instruction) once, and
+    each example attends to it as if it were its own: the same loss and gradients, with the prefix computed once
+    per row instead of once per example. Needs the ``segmented`` attention kernel (``attention=auto`` picks it);
+    other kernels pack without sharing."""
     attention: str = "auto"
     """Attention kernel: ``auto`` (per-example causal sdpa for packed rows, the model's default otherwise),
     ``segmented``, ``sdpa``, ``eager`` or ``flash_attention_2`` (GPUs with flash-attn installed)."""

@@ -118,6 +118,7 @@ class StageResult:
             "rows": self.data.rows,
             "examples": self.data.examples,
             "tokens_per_epoch": self.data.tokens,
+            "example_tokens_per_epoch": self.data.example_tokens,
             "label_tokens_per_epoch": self.data.label_tokens,
             "fill": round(self.data.fill, 4),
             **{k: v for k, v in self.metrics.items() if k.startswith("train_")},
@@ -305,7 +306,8 @@ def _prepare_for_training(model: Any, config: TrainConfig, *, packed: bool) -> s
 def _pack_rows(examples: list[Any], config: TrainConfig) -> list[dict[str, list[int]]]:
     if not config.packing:
         return pad_examples(examples)
-    return pack_examples(examples, config.pack_length or config.max_length, seed=config.seed)
+    share = config.share_prefix and config.attention in ("auto", "segmented")  # only that kernel reads prefixes
+    return pack_examples(examples, config.pack_length or config.max_length, seed=config.seed, share_prefix=share)
 
 
 def _sharded_launch() -> bool:
