@@ -264,7 +264,7 @@ def test_training_settings_of_each_stage(monkeypatch):
     config = DemoConfig(device="cpu")
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
     settings = {stage: _stage_settings(config, stage) for stage in (0, 1, 2, 3)}
-    assert [settings[stage].get("precision") for stage in (0, 1, 2, 3)] == ["bf16", "bf16", "bf16", None]
+    assert [settings[stage].get("precision") for stage in (0, 1, 2, 3)] == ["bf16"] * 4
     assert [settings[stage]["packing"] for stage in (0, 1, 2, 3)] == [True, True, True, True]
     assert [settings[stage]["pack_length"] for stage in (0, 1, 2, 3)] == [None, None, 720, 350]
     # Every setting is one `speechgpt train` accepts (a typo would fail there, after minutes of earlier steps).

@@ -460,8 +460,7 @@ def _stage_settings(config: DemoConfig, stage: int) -> dict[str, Any]:
     paths: the ``--set`` values of ``speechgpt train stage{N}``."""
     prefix = f"stage{stage}_"
     values: dict[str, Any] = {"seed": config.seed, "save_steps": config.save_steps}
-    if stage < 3:
-        values["precision"] = _training_precision(config)
+    values["precision"] = _training_precision(config)
     values["logging_steps"] = config.logging_steps
     for name in STAGE_FIELDS:
         values[name] = getattr(config, prefix + name)
