@@ -267,6 +267,7 @@ def test_shared_prefix_rows_hold_the_prefix_once() -> None:
 
 def test_row_segments_rejects_a_prefix_the_row_lacks() -> None:
     assert row_segments([0, 1, 2, 0, 1, 0]) == [(0, 3, 0), (3, 5, 0), (5, 6, 0)]
+    assert row_segments([]) == []
     assert row_segments([0, 1, 2, 3, 2, 3, 3]) == [(0, 4, 0), (4, 6, 2), (6, 7, 3)]
     with pytest.raises(ValueError, match="continues a 3-token prefix"):
         row_segments([0, 1, 3, 4])

@@ -18,7 +18,7 @@ trainer switches the model to :data:`SEGMENTED_ATTENTION`, which runs causal sdp
 row separately (attention cost ``sum(len_i^2)``, the fast unmasked kernel) and is otherwise the same computation.
 
 **Shared prefixes.** Every SpeechInstruct record starts with the same meta instruction, which carries no loss; in
-the embedded world it is 65 of a stage-2 record's ~140 tokens. With ``share_prefix``, a packed row holds that
+the embedded world it is 68 of a stage-2 record's ~140 tokens. With ``share_prefix``, a packed row holds that
 prefix once and then the rest of each example, whose position ids continue from the prefix's length instead of
 restarting at 0; the segmented kernel lets each such segment attend to the row's prefix and to itself. Every
 example then sees exactly what it would see alone (same positions, same keys and values), so the loss and the
@@ -460,6 +460,8 @@ def row_segments(position_ids: Sequence[int]) -> list[tuple[int, int, int]]:
         ValueError: a segment continues a prefix that the row does not start with.
     """
     positions = list(position_ids)
+    if not positions:
+        return []
     starts = [0] + [i for i in range(1, len(positions)) if positions[i] != positions[i - 1] + 1]
     segments = [(a, b, positions[a]) for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)]
     lead_end, lead_first = segments[0][1], segments[0][2]
