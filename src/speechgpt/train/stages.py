@@ -292,7 +292,7 @@ def _prepare_for_training(model: Any, config: TrainConfig, *, packed: bool) -> s
     # A cache during training would hide the packed position-id restarts from the mask builder, and waste memory.
     model.config.use_cache = False
     previous = model.config._attn_implementation
-    choice = "segmented" if config.attention == "auto" and packed else config.attention
+    choice = _attention_kernel(config, packed=packed)
     if choice == "segmented":
         use_segmented_attention(model)
     elif choice != "auto":
@@ -303,10 +303,15 @@ def _prepare_for_training(model: Any, config: TrainConfig, *, packed: bool) -> s
     return previous
 
 
+def _attention_kernel(config: TrainConfig, *, packed: bool) -> str:
+    """The ``attention`` setting with ``auto`` resolved for packed rows (``auto`` otherwise: the model's default)."""
+    return "segmented" if config.attention == "auto" and packed else config.attention
+
+
 def _pack_rows(examples: list[Any], config: TrainConfig) -> list[dict[str, list[int]]]:
     if not config.packing:
         return pad_examples(examples)
-    share = config.share_prefix and config.attention in ("auto", "segmented")  # only that kernel reads prefixes
+    share = config.share_prefix and _attention_kernel(config, packed=True) == "segmented"  # the kernel that reads them
     return pack_examples(examples, config.pack_length or config.max_length, seed=config.seed, share_prefix=share)
 
 
