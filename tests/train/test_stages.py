@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -29,6 +30,8 @@ from speechgpt.train.stages import (
     run_stage3,
 )
 from speechgpt.train.trainer import LOSS_JSON, LOSS_PNG
+from speechgpt.units.kmeans import KMeans
+from speechgpt.units.light import LightFeatures
 from tests.train import (
     NUM_UNITS,
     TINY_MODEL,
@@ -216,6 +219,39 @@ def test_stage3_trains_on_its_records_and_the_replayed_ones(tmp_path: Path, runs
     replaying = dataclasses.replace(config, replay_data=str(pool), replay_fraction=0.5, output_dir=str(tmp_path / "r"))
     assert run_stage3(config).data.examples == 8
     assert run_stage3(replaying).data.examples == 12
+
+
+def test_stage1_can_start_the_units_at_their_letters(tmp_path: Path, runs: dict[int, StageResult]) -> None:
+    from speechgpt.lm import expand_vocabulary
+    from speechgpt.lm.unit_init import init_units_from_letters
+    from speechgpt.units import SpeechTokenizer
+    from tests.lm.test_unit_init import recogniser_tokenizer
+
+    recogniser_tokenizer(seed=3, num_units=NUM_UNITS).save_pretrained(tmp_path / "tok")
+    units = write_lines(tmp_path / "units.txt", unit_lines(8))
+    settings = {**COMMON, "max_steps": 1, "batch_size": 2, "max_length": 64, "learning_rate": 1e-12}
+    config = Stage1Config(
+        data=str(units),
+        base_model=str(runs[0].model_dir),
+        output_dir=str(tmp_path / "s1"),
+        num_units=NUM_UNITS,
+        unit_init_tokenizer=str(tmp_path / "tok"),
+        **settings,
+    )
+    trained, _ = load_model(run_stage1(config).model_dir, device="cpu")
+    expected, tokenizer = load_model(runs[0].model_dir, device="cpu")
+    vocab = expand_vocabulary(expected, tokenizer, NUM_UNITS)
+    init_units_from_letters(expected, tokenizer, vocab, SpeechTokenizer.from_pretrained(tmp_path / "tok"))
+    rows = slice(vocab.unit_offset, vocab.unit_offset + NUM_UNITS)
+    got, want = trained.get_input_embeddings().weight[rows], expected.get_input_embeddings().weight[rows]
+    assert torch.allclose(got, want, atol=1e-6)  # one step at lr 1e-12 leaves the start where it was
+    assert not torch.allclose(want, want.mean(0, keepdim=True).expand_as(want), atol=1e-2)  # not the mean init
+
+    mfcc = tmp_path / "mfcc"
+    SpeechTokenizer(LightFeatures(), KMeans(np.zeros((NUM_UNITS, 39), np.float32))).save_pretrained(mfcc)
+    refused = dataclasses.replace(config, unit_init_tokenizer=str(mfcc), output_dir=str(tmp_path / "m"))
+    with pytest.raises(ConfigError, match=r"unit_init_tokenizer .*mfcc: unit letters need .* CTC recogniser"):
+        run_stage1(refused)
 
 
 def test_resume_of_a_finished_run_trains_nothing(runs: dict[int, StageResult]) -> None:

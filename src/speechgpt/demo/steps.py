@@ -484,6 +484,11 @@ def _stage_settings(config: DemoConfig, stage: int) -> dict[str, Any]:
     return values
 
 
+def _letters_for_units(config: DemoConfig) -> bool:
+    """Whether stage 1 starts the unit rows at their letters (which needs the recogniser's units)."""
+    return config.unit_init == "letters" and config.extractor == "recognizer"
+
+
 def _training_precision(config: DemoConfig) -> str:
     """``config.precision``, with ``auto`` made bf16 where only the CPU trains and it computes in bf16 natively."""
     import torch
@@ -505,6 +510,8 @@ def _train(ctx: StepContext, stage: int) -> StepOutput:
     values["device"] = ctx.config.device
     if stage > 0:
         values["base_model"] = str(_stage_dir(ctx, stage - 1))
+    if stage == 1 and _letters_for_units(ctx.config):
+        values["unit_init_tokenizer"] = str(ctx.path(TOKENIZER_DIR))
     if stage == 3:
         values["replay_data"] = str(ctx.path(STAGE_DATA[2]))
     with ctx.reporter.own_display() as draw, warnings.catch_warnings():
@@ -1073,7 +1080,7 @@ STEPS: tuple[Step, ...] = (
         "train_stage1",
         "train stage 1 (units)",
         run_train_stage1,
-        keys=(*_stage_keys(1), "clusters"),
+        keys=(*_stage_keys(1), "clusters", "unit_init", "extractor"),
         after=("train_stage0", "data_stage1"),
         clean=("train/stage1",),
         budget=25,
@@ -1183,4 +1190,6 @@ def step_command(step: Step, ctx: StepContext) -> str:
         settings = _stage_settings(config, stage)
         shown = {k: ",".join(v) if isinstance(v, tuple) else "none" if v is None else v for k, v in settings.items()}
         values[f"stage{stage}_sets"] = "".join(f" --set {k}={v}" for k, v in shown.items())
+    if _letters_for_units(config):
+        values["stage1_sets"] += f" --set unit_init_tokenizer={ctx.out}/tokenizer"
     return step.command.format(**values)

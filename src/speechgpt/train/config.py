@@ -119,6 +119,11 @@ class TrainConfig:
     """Continue from the last checkpoint in ``output_dir`` when there is one."""
     num_units: int | None = None
     """Speech units in the vocabulary; ``None`` keeps the base model's if expanded, else the released 1000."""
+    unit_init_tokenizer: str | None = None
+    """A unit tokenizer folder whose features come from a CTC recogniser (the embedded world's): when this stage
+    adds the speech vocabulary, each unit row starts at the letters that recogniser reads in the unit's k-means
+    centre instead of at the mean of the text rows (:mod:`speechgpt.lm.unit_init`). Unused when the base model
+    already has the speech vocabulary."""
     device: str | None = None
     """``cpu`` forces the CPU, ``cuda`` requires a GPU; ``None`` lets accelerate choose (a GPU when present).
     Several GPUs: ``accelerate launch`` with a shipped config."""

@@ -188,19 +188,30 @@ def _load_base(config: TrainConfig, *, frozen: bool = False) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _speech_vocab(model: Any, tokenizer: Any, num_units: int | None) -> tuple[Any, bool]:
-    """The tokenizer's speech vocabulary, expanding tokenizer and model when they lack it.
+def _speech_vocab(model: Any, tokenizer: Any, config: TrainConfig) -> tuple[Any, bool]:
+    """The tokenizer's speech vocabulary, expanding tokenizer and model when they lack it (new unit rows start at
+    their letters when ``config.unit_init_tokenizer`` names a recogniser's unit tokenizer).
 
     Returns ``(vocab, expanded_now)``. ``num_units=None`` keeps an existing vocabulary's size, else the release's.
     """
     from speechgpt.lm import SpeechVocab, expand_vocabulary
 
+    num_units = config.num_units
     if "<0>" in tokenizer.get_vocab():
         existing = SpeechVocab.from_tokenizer(tokenizer, num_units)
         # Idempotent: makes sure the model's embeddings cover the vocabulary too.
         return expand_vocabulary(model, tokenizer, existing.num_units), False
     vocab = expand_vocabulary(model, tokenizer, num_units if num_units is not None else RELEASED_NUM_UNITS)
     logger.info("expanded the vocabulary with %d units and 6 control tokens", vocab.num_units)
+    if config.unit_init_tokenizer is not None:
+        from speechgpt.lm.unit_init import init_units_from_letters
+        from speechgpt.units import SpeechTokenizer
+
+        try:
+            speech_tokenizer = SpeechTokenizer.from_pretrained(config.unit_init_tokenizer)
+            init_units_from_letters(model, tokenizer, vocab, speech_tokenizer)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"unit_init_tokenizer {config.unit_init_tokenizer}: {error}") from error
     return vocab, True
 
 
@@ -386,7 +397,7 @@ def run_stage1(config: Stage1Config) -> StageResult:
     _check_inputs(config)
     lines = read_text_lines(config.data)
     model, tokenizer = _load_base(config)
-    vocab, _ = _speech_vocab(model, tokenizer, config.num_units)
+    vocab, _ = _speech_vocab(model, tokenizer, config)
     encoder = PromptEncoder(tokenizer, vocab)
     return _train_on_blocks(1, config, model, tokenizer, encode_unit_lines(lines, encoder, source=config.data))
 
@@ -403,7 +414,7 @@ def run_stage2(config: Stage2Config) -> StageResult:
     _check_inputs(config)
     records = read_records(config.data)
     model, tokenizer = _load_base(config)
-    vocab, _ = _speech_vocab(model, tokenizer, config.num_units)
+    vocab, _ = _speech_vocab(model, tokenizer, config)
     encoder = PromptEncoder(tokenizer, vocab)
     examples = encode_records(
         records, encoder, train_on_inputs=config.train_on_inputs, max_length=config.max_length, source=config.data
@@ -439,7 +450,7 @@ def run_stage3(config: Stage3Config) -> StageResult:
     records = read_records(config.data)
     records += replayed_records(config, len(records))
     model, tokenizer = _load_base(config, frozen=True)
-    vocab, expanded = _speech_vocab(model, tokenizer, config.num_units)
+    vocab, expanded = _speech_vocab(model, tokenizer, config)
     if expanded:
         logger.warning("stage 3 expanded the vocabulary: LoRA leaves the new embedding rows untrained (run stage 1)")
     encoder = PromptEncoder(tokenizer, vocab)
