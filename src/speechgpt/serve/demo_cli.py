@@ -26,7 +26,7 @@ def demo_command(
     size: Annotated[
         DemoSize,
         typer.Option(
-            "--size", help="tiny (under a minute, checks the plumbing), small, or default (~12 min on 2 cores)."
+            "--size", help="tiny (under a minute, checks the plumbing), small, or default (~13 min on 2 cores)."
         ),
     ] = DemoSize.default,
     fresh: Annotated[
