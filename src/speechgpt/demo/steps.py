@@ -1191,5 +1191,5 @@ def step_command(step: Step, ctx: StepContext) -> str:
         shown = {k: ",".join(v) if isinstance(v, tuple) else "none" if v is None else v for k, v in settings.items()}
         values[f"stage{stage}_sets"] = "".join(f" --set {k}={v}" for k, v in shown.items())
     if _letters_for_units(config):
-        values["stage1_sets"] += f" --set unit_init_tokenizer={ctx.out}/tokenizer"
+        values["stage1_sets"] += f" --set unit_init_tokenizer={ctx.out}/{TOKENIZER_DIR}"
     return step.command.format(**values)
