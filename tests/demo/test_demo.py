@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from speechgpt.constants import SAMPLE_RATE
 from speechgpt.demo import STEPS, DemoConfig, DemoError, DemoProgress, Step, StepContext, StepOutput, run_demo
 from speechgpt.demo.runner import StepFailed
-from speechgpt.demo.steps import build_seconds
+from speechgpt.demo.steps import build_seconds, step_command
 from speechgpt.serve.demo_cli import demo_command
 
 runner = CliRunner()
@@ -530,7 +530,8 @@ def test_recognizer_units_are_the_tokenizers_encoding_and_agree_across_voices(tm
     from speechgpt.units.tokenizer import SpeechTokenizer
 
     config = _config(tmp_path, extractor="recognizer", recognizer_steps=40, workers=0)
-    result = run_demo(config, steps=[s for s in STEPS if s.name in ("world", "recognizer", "tokenizer")])
+    wanted = ("world", "recognizer", "tokenizer", "data_stage1", "train_stage0", "train_stage1")
+    result = run_demo(config, steps=[s for s in STEPS if s.name in wanted])
     out = Path(result.out_dir)
     recognizer = json.loads((out / "steps/recognizer.json").read_text())
     assert recognizer["outputs"] == ["recognizer"] and recognizer["info"]["seed"] == config.seed + 1
@@ -542,3 +543,18 @@ def test_recognizer_units_are_the_tokenizers_encoding_and_agree_across_voices(tm
         units = tokenizer.encode(out / "units" / record["audio"])
         assert units.ids.tolist() == record["units"] and units.durations.tolist() == record["durations"]
     assert "--extractor recognizer --recognizer" in json.loads((out / "steps/tokenizer.json").read_text())["command"]
+    # Stage 1 starts the unit rows at the letters this recogniser reads, and its record names that option.
+    stage1 = json.loads((out / "steps/train_stage1.json").read_text())["command"]
+    assert stage1.endswith(f"--set unit_init_tokenizer={out}/tokenizer")
+
+
+def test_only_recogniser_units_start_as_letters(tmp_path):
+    def stage1_command(**values) -> str:
+        ctx = StepContext(_config(tmp_path, **values), tmp_path / "run")
+        return step_command(next(s for s in STEPS if s.name == "train_stage1"), ctx)
+
+    assert "unit_init_tokenizer" in stage1_command(extractor="recognizer")
+    assert "unit_init_tokenizer" not in stage1_command(extractor="recognizer", unit_init="mean")
+    assert "unit_init_tokenizer" not in stage1_command(extractor="mfcc")
+    with pytest.raises(DemoError, match="unit_init must be 'letters' or 'mean', got 'noise'"):
+        _config(tmp_path, unit_init="noise")
