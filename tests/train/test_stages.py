@@ -247,6 +247,10 @@ def test_stage1_can_start_the_units_at_their_letters(tmp_path: Path, runs: dict[
     assert torch.allclose(got, want, atol=1e-6)  # one step at lr 1e-12 leaves the start where it was
     assert not torch.allclose(want, want.mean(0, keepdim=True).expand_as(want), atol=1e-2)  # not the mean init
 
+    # Without num_units the vocabulary takes the unit tokenizer's count (not the released 1000).
+    unsized = dataclasses.replace(config, num_units=None, output_dir=str(tmp_path / "n"))
+    assert SpeechVocab.from_tokenizer(load_model(run_stage1(unsized).model_dir)[1]).num_units == NUM_UNITS
+
     mfcc = tmp_path / "mfcc"
     SpeechTokenizer(LightFeatures(), KMeans(np.zeros((NUM_UNITS, 39), np.float32))).save_pretrained(mfcc)
     refused = dataclasses.replace(config, unit_init_tokenizer=str(mfcc), output_dir=str(tmp_path / "m"))

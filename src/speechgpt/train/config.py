@@ -122,8 +122,8 @@ class TrainConfig:
     unit_init_tokenizer: str | None = None
     """A unit tokenizer folder whose features come from a CTC recogniser (the embedded world's): when this stage
     adds the speech vocabulary, each unit row starts at the letters that recogniser reads in the unit's k-means
-    centre instead of at the mean of the text rows (:mod:`speechgpt.lm.unit_init`). Unused when the base model
-    already has the speech vocabulary."""
+    centre instead of at the mean of the text rows (:mod:`speechgpt.lm.unit_init`); with ``num_units`` None the
+    vocabulary gets that tokenizer's units. Unused when the base model already has the speech vocabulary."""
     device: str | None = None
     """``cpu`` forces the CPU, ``cuda`` requires a GPU; ``None`` lets accelerate choose (a GPU when present).
     Several GPUs: ``accelerate launch`` with a shipped config."""

@@ -192,7 +192,8 @@ def _speech_vocab(model: Any, tokenizer: Any, config: TrainConfig) -> tuple[Any,
     """The tokenizer's speech vocabulary, expanding tokenizer and model when they lack it (new unit rows start at
     their letters when ``config.unit_init_tokenizer`` names a recogniser's unit tokenizer).
 
-    Returns ``(vocab, expanded_now)``. ``num_units=None`` keeps an existing vocabulary's size, else the release's.
+    Returns ``(vocab, expanded_now)``. ``num_units=None`` keeps an existing vocabulary's size, else takes the unit
+    tokenizer's or the release's.
     """
     from speechgpt.lm import SpeechVocab, expand_vocabulary
 
@@ -201,18 +202,31 @@ def _speech_vocab(model: Any, tokenizer: Any, config: TrainConfig) -> tuple[Any,
         existing = SpeechVocab.from_tokenizer(tokenizer, num_units)
         # Idempotent: makes sure the model's embeddings cover the vocabulary too.
         return expand_vocabulary(model, tokenizer, existing.num_units), False
-    vocab = expand_vocabulary(model, tokenizer, num_units if num_units is not None else RELEASED_NUM_UNITS)
+    letters = _letters_tokenizer(config)
+    if num_units is None:
+        num_units = letters.num_units if letters is not None else RELEASED_NUM_UNITS
+    vocab = expand_vocabulary(model, tokenizer, num_units)
     logger.info("expanded the vocabulary with %d units and 6 control tokens", vocab.num_units)
-    if config.unit_init_tokenizer is not None:
+    if letters is not None:
         from speechgpt.lm.unit_init import init_units_from_letters
-        from speechgpt.units import SpeechTokenizer
 
         try:
-            speech_tokenizer = SpeechTokenizer.from_pretrained(config.unit_init_tokenizer)
-            init_units_from_letters(model, tokenizer, vocab, speech_tokenizer)
-        except (OSError, ValueError) as error:
+            init_units_from_letters(model, tokenizer, vocab, letters)
+        except ValueError as error:
             raise ConfigError(f"unit_init_tokenizer {config.unit_init_tokenizer}: {error}") from error
     return vocab, True
+
+
+def _letters_tokenizer(config: TrainConfig) -> Any:
+    """The unit tokenizer named by ``config.unit_init_tokenizer`` (None when unset)."""
+    if config.unit_init_tokenizer is None:
+        return None
+    from speechgpt.units import SpeechTokenizer
+
+    try:
+        return SpeechTokenizer.from_pretrained(config.unit_init_tokenizer)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"unit_init_tokenizer {config.unit_init_tokenizer}: {error}") from error
 
 
 def _pad_id(tokenizer: Any) -> int:
