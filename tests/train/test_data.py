@@ -26,6 +26,7 @@ from speechgpt.train.data import (
     read_records,
     read_text_lines,
     row_segments,
+    segment_mask,
     shared_prefix_length,
     use_segmented_attention,
 )
@@ -162,6 +163,22 @@ def test_records_cut_before_the_response_are_dropped(encoder: PromptEncoder) -> 
 def _segments(position_ids: list[int]) -> list[tuple[int, int]]:
     starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
     return list(itertools.pairwise(starts))
+
+
+def test_segment_mask_is_the_mask_of_row_segments() -> None:
+    rows = [[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 2, 3, 2, 3, 0], list(range(9))]
+    mask = segment_mask(torch.tensor(rows))
+    assert mask.shape == (3, 1, 9, 9) and mask.dtype == torch.bool
+    for r, positions in enumerate(rows):
+        expected = torch.zeros(9, 9, dtype=torch.bool)
+        for a, b, prefix in row_segments(positions):
+            for query in range(a, b):
+                expected[query, :prefix] = True  # the shared prefix the segment continues
+                expected[query, a : query + 1] = True  # its own segment, causally
+        assert torch.equal(mask[r, 0], expected)
+    # Row 2 by hand: the second example continues a 2-token prefix; the last token (padding) sees only itself.
+    assert mask[1, 0, 5].tolist() == [True, True, False, False, True, True, False, False, False]
+    assert mask[1, 0, 8].tolist() == [False] * 8 + [True]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager", "segmented"])
