@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# The whole SpeechGPT built from nothing on this machine (about 10 min on 2 CPU cores); DEMO_ARGS e.g. "--size tiny".
+# The whole SpeechGPT built from nothing on this machine (about 14 min on 2 CPU cores); DEMO_ARGS e.g. "--size tiny".
 demo: $(STAMP)
 	$(BIN)/speechgpt demo $(DEMO_ARGS)
 
