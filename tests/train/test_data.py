@@ -181,13 +181,22 @@ def test_segment_mask_is_the_mask_of_row_segments() -> None:
     assert mask[1, 0, 8].tolist() == [False] * 8 + [True]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "segmented"])
-def test_packed_loss_equals_unpacked_loss(encoder: PromptEncoder, attention: str) -> None:
+def _one_masked_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the segmented kernel take its accelerator path (one sdpa call with :func:`segment_mask`) on the CPU."""
+    monkeypatch.setattr("speechgpt.train.data.PER_SEGMENT_DEVICES", frozenset())
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "segmented", "segmented_one_mask"])
+def test_packed_loss_equals_unpacked_loss(
+    encoder: PromptEncoder, attention: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tiny_llama_config(len(encoder.tokenizer), **TINY_MODEL, max_position_embeddings=512)
     config.initializer_range = 0.2  # a random model whose outputs depend clearly on the context
     model = create_model(config, seed=3, attn_implementation="eager" if attention == "eager" else "sdpa").eval()
     model.config.use_cache = False
-    if attention == "segmented":
+    if attention == "segmented_one_mask":
+        _one_masked_call(monkeypatch)
+    if attention.startswith("segmented"):
         assert use_segmented_attention(model) == "sdpa"
         assert model.config._attn_implementation == SEGMENTED_ATTENTION
     records = cross_modal_records(6) + chain_of_modality_records(3)
@@ -292,7 +301,12 @@ def test_row_segments_rejects_a_prefix_the_row_lacks() -> None:
         row_segments([1, 2, 2])
 
 
-def test_shared_prefix_packing_gives_the_unpacked_logits_loss_and_gradients(encoder: PromptEncoder) -> None:
+@pytest.mark.parametrize("one_mask", [False, True], ids=["per_segment", "one_mask"])
+def test_shared_prefix_packing_gives_the_unpacked_logits_loss_and_gradients(
+    encoder: PromptEncoder, one_mask: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if one_mask:
+        _one_masked_call(monkeypatch)
     config = tiny_llama_config(len(encoder.tokenizer), **TINY_MODEL, max_position_embeddings=1024)
     config.initializer_range = 0.2
     model = create_model(config, seed=3, attn_implementation="sdpa")

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IGNORE_INDEX",
+    "PER_SEGMENT_DEVICES",
     "SEGMENTED_ATTENTION",
     "USEFUL_TOKENS_KEY",
     "DataError",
@@ -475,6 +476,16 @@ def row_segments(position_ids: Sequence[int]) -> list[tuple[int, int, int]]:
     return segments
 
 
+PER_SEGMENT_DEVICES = frozenset({"cpu"})
+"""Device types on which :func:`segmented_attention` runs one sdpa call per segment of each row; elsewhere it runs
+one call per layer with :func:`segment_mask`. On a GPU the per-segment loop costs far more than the attention the
+mask makes it compute: it reads the positions back to the host every layer and launches small kernels per segment,
+and the demo's stage 2 took 205.6 s on an H100 with it against 44.0 s with the mask. On 2 CPU cores the loop
+skips the masked-out scores: 140 of the demo's stage-2 steps took 126 ms each with it against 133 with the mask
+(means of alternating runs), and the demo's stage 2 took 266-303 s in runs with the loop against 330-348 s in
+three runs with the mask (in a slower hour: the steps without attention were up to 10% slower too)."""
+
+
 def segment_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """Which keys each query of a packed batch may attend to: ``(B, 1, L, L)`` booleans, the mask form of
     :func:`row_segments` computed on the positions' device without reading them back.
@@ -513,10 +524,8 @@ def segmented_attention(
     transformers attention functions. Right padding needs no mask (no real token sees a later one), so a 2-D
     padding mask is ignored; anything else (a 4-D mask, a KV cache, no position ids) falls back to sdpa.
 
-    One sdpa call per layer with :func:`segment_mask`. It replaced one call per segment, which a GPU ran far slower
-    (positions read back every layer, small kernels per segment): the demo's stage 2 took 205.6 s on an H100 with
-    that kernel and 44.0 s with this one, while on 2 CPU cores a step of the demo's stage 2 took 134 ms with
-    either.
+    On the devices of :data:`PER_SEGMENT_DEVICES` each segment is its own sdpa call; elsewhere one call per layer
+    takes :func:`segment_mask`.
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
@@ -529,10 +538,28 @@ def segmented_attention(
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if position_ids.shape[0] != query.shape[0]:
         position_ids = position_ids.expand(query.shape[0], -1)
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=segment_mask(position_ids), dropout_p=dropout, scale=scaling
-    )
-    return output.transpose(1, 2).contiguous(), None
+    if query.device.type not in PER_SEGMENT_DEVICES:
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=segment_mask(position_ids), dropout_p=dropout, scale=scaling
+        )
+        return output.transpose(1, 2).contiguous(), None
+    outputs = []
+    for row, positions in enumerate(position_ids.tolist()):
+        pieces = []
+        for a, b, prefix in row_segments(positions):
+            q, k, v = query[row : row + 1, :, a:b], key[row : row + 1, :, a:b], value[row : row + 1, :, a:b]
+            mask = None
+            if prefix > 0:  # keys: the shared prefix, then the segment itself (causally)
+                k = torch.cat([key[row : row + 1, :, :prefix], k], dim=2)
+                v = torch.cat([value[row : row + 1, :, :prefix], v], dim=2)
+                mask = torch.ones(b - a, prefix + b - a, dtype=torch.bool, device=query.device).tril(prefix)
+            pieces.append(
+                torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=mask is None and b - a > 1
+                )
+            )
+        outputs.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2))
+    return torch.cat(outputs, dim=0).transpose(1, 2).contiguous(), None
 
 
 def use_segmented_attention(model: torch.nn.Module) -> str:
