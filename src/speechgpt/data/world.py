@@ -7,11 +7,10 @@ counting, comparisons) and chit-chat. Everything is deterministic from :attr:`Wo
 
 The held-out split is made of whole items (all their phrasings), and items that share a fact (``three plus four``
 and ``four plus three``; ``hot -> cold`` and ``cold -> hot``) form one *group* and are held out together. A held-out
-item's questions and answer never appear in the training QA, the corpus or the spoken training data. Its facts
-are still stated in prose in the corpus (:attr:`WorldConfig.heldout_facts_in_corpus`), as the demo's acceptance
-defines held-out questions: voices and phrasings never heard in training, the facts themselves in the text world.
-Held-out questions then test knowledge *extraction*: answering about a fact only read in prose (``madrid is the
-capital of spain``, ``if you add zero and three you get three``), never asked or answered.
+item's questions and answer never appear in the training QA, the corpus or the spoken training data. For
+knowledge families the held-out facts may still be stated in prose in the corpus
+(:attr:`WorldConfig.heldout_facts_in_corpus`), so held-out questions test knowledge *extraction* (answering a
+question about a fact only read in prose); for skill families nothing about a held-out item is seen anywhere.
 
 Texts are lowercase words without punctuation and with numbers written as words, so a transcript is exactly what
 is spoken; only corpus lines carry ``?`` and ``.`` so that a text model sees where a question ends.
@@ -56,6 +55,8 @@ FAMILIES: tuple[str, ...] = (
     "chitchat",
 )
 """Every question family, in the order files list them."""
+KNOWLEDGE_FAMILIES = frozenset({"capital", "colour", "animal_sound", "animal_legs", "animal_kind", "opposite"})
+"""Families whose answers are facts from a table (rather than computed by a skill)."""
 NEVER_HELD_OUT = frozenset({"chitchat"})
 """Families too small to hold out: the assistant must learn every one of its few items."""
 HELDOUT_VOICES: tuple[str, ...] = ("en-gb-scotland+m2", "en-us-nyc+f1")
@@ -110,9 +111,8 @@ class WorldConfig:
         questions_per_family: At most this many items per family (None: every item of the tables).
         max_phrasings: Keep at most this many phrasings per item (None: all, 2 to 4 depending on the family).
         heldout_fraction: Share of each family's fact groups held out (chit-chat is never held out).
-        heldout_facts_in_corpus: State held-out items' facts in prose in the corpus (never their questions or
-            answers), so held-out questions test answering about facts read only in prose; False keeps every trace
-            of a held-out item out of the training text.
+        heldout_facts_in_corpus: State held-out *knowledge* facts in prose in the corpus (never their questions or
+            answers), so held-out questions test answering about facts read only in prose.
         train_utterances: Spoken training utterances (train voices, train items).
         test_utterances: Spoken test utterances, split evenly between held-out voices on train items, held-out
             voices on held-out items and train voices on held-out items.
@@ -644,21 +644,14 @@ class TextWorld:
         }
 
 
-def prose_facts(question: Question) -> list[str]:
-    """The facts of a held-out item that the corpus may state: those that do not contain one of its questions
-    (``if you add three and four you get seven`` holds the question ``add three and four``, which must stay
-    unheard)."""
-    return [f for f in question.facts if not any(f" {text} " in f" {f} " for text in question.phrasings)]
-
-
 def _corpus(questions: Sequence[Question], config: WorldConfig) -> list[str]:
     lines: list[str] = []
     for question in questions:
         if question.split == "train":
             lines.extend(f"{fact}." for fact in question.facts)
             lines.extend(f"{text}? {question.answer}." for text in question.phrasings)
-        elif config.heldout_facts_in_corpus:
-            lines.extend(f"{fact}." for fact in prose_facts(question))
+        elif config.heldout_facts_in_corpus and question.family in KNOWLEDGE_FAMILIES:
+            lines.extend(f"{fact}." for fact in question.facts)
     unique = list(dict.fromkeys(lines))
     _rng(config.seed, "corpus").shuffle(unique)
     return unique
