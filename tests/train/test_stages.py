@@ -21,7 +21,6 @@ from speechgpt.train.stages import (
     CONFIG_FILE,
     MODEL_DIR,
     StageResult,
-    _reshuffled_blocks,
     replayed_records,
     resolve_base_model,
     run_stage,
@@ -151,23 +150,11 @@ def test_stage0_builds_tokenizer_and_tiny_model(runs: dict[int, StageResult]) ->
     assert len(tokenizer(META_INSTRUCTION)["input_ids"]) < 100  # layout merges keep every prompt short
     line = corpus_lines(1)[0]
     assert tokenizer.decode(tokenizer(line, add_special_tokens=False)["input_ids"]) == line
-    # Packed blocks: every row is a full 64-token block but the last of each epoch's copy.
-    assert runs[0].data.fill > 0.95
-
-
-def test_stage0_packs_every_epoch_in_a_new_order() -> None:
-    lines = [[1, 100 + i, 2] for i in range(30)]  # <s> one token of its own </s>
-    config = Stage0Config(data="corpus.txt", num_epochs=2.5, max_length=16, seed=3)
-    rows, schedule = _reshuffled_blocks(lines, config)
-    # Three copies (2.5 epochs rounded up) of 90 tokens in blocks of 16 (the last of 10), trained once through:
-    # 2.5 / 3 epochs over the copies are the 2.5 epochs asked for.
-    assert len(rows) == 3 * 6 and [len(r["input_ids"]) for r in rows[:6]] == [16] * 5 + [10]
-    assert schedule.num_epochs == pytest.approx(2.5 / 3) and config.num_epochs == 2.5
-    copies = [[t for row in rows[6 * c : 6 * (c + 1)] for t in row["input_ids"]] for c in range(3)]
-    orders = [tuple(t for t in copy if t >= 100) for copy in copies]
-    assert all(sorted(order) == list(range(100, 130)) for order in orders)  # every line once per copy
-    assert len(set(orders)) == 3  # and after other neighbours each epoch
-    assert _reshuffled_blocks(lines, config)[0] == rows  # seeded
+    # Lines packed apart: each of the 200 lines is its own example (its first token predicted from nothing), rows
+    # are nearly full, and the segmented kernel keeps a line from seeing its neighbours.
+    data = runs[0].data
+    assert data.examples == 200 and data.rows < data.examples / 5 and data.fill > 0.9
+    assert data.label_tokens == data.tokens - data.examples
 
 
 def test_stage1_expands_the_vocabulary_in_released_order(runs: dict[int, StageResult]) -> None:

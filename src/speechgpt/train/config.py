@@ -163,8 +163,8 @@ class TrainConfig:
 class Stage0Config(TrainConfig):
     """Stage 0 (embedded world only): a text tokenizer and a tiny Llama trained from nothing on a text corpus.
 
-    ``data`` is plain text, one sentence per line; lines are packed into blocks of ``max_length`` tokens, in a new
-    order every epoch.
+    ``data`` is plain text, one sentence per line; lines are packed into rows of ``max_length`` tokens, each line
+    attending only to itself.
     """
 
     output_dir: str = "runs/stage0"

@@ -16,10 +16,8 @@ Each function reads top to bottom; what they share (loading, vocabulary, saving)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -239,6 +237,21 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def _lines_apart(sequences: list[list[int]], config: TrainConfig) -> list[dict[str, list[int]]]:
+    """Rows of whole lines, each line seeing only itself (position ids restart, segmented attention).
+
+    Stage 0's lines are independent facts and questions. Packed into blocks as stage 1's are, every epoch showed
+    each line after the same neighbours, and the model learned the corpus by its neighbours rather than by its
+    questions: 24 epochs of the demo's corpus reached loss 0.02, yet "what is the opposite of hot?" alone was
+    answered "the opposite of night is day" (typed training questions: 55% right). Apart, a line is learned the
+    way it is asked.
+    """
+    from speechgpt.lm.prompts import EncodedExample
+
+    examples = [EncodedExample(s[: config.max_length], s[: config.max_length]) for s in sequences if len(s) >= 2]
+    return pack_examples(examples, config.pack_length or config.max_length, seed=config.seed)
+
+
 def _rows_per_line(sequences: list[list[int]], max_length: int) -> list[dict[str, list[int]]]:
     """One row per sequence, truncated (the unpacked alternative to :func:`pack_blocks`)."""
     return [{"input_ids": s[:max_length], "labels": s[:max_length]} for s in sequences if len(s) >= 2]
@@ -383,52 +396,27 @@ def run_stage0(config: Stage0Config) -> StageResult:
     )
     model = create_model(model_config, seed=config.seed)
     logger.info("stage 0: tiny Llama of %s parameters, vocabulary %d", f"{model.num_parameters():,}", len(tokenizer))
-    return _train_on_blocks(0, config, model, tokenizer, encode_text_lines(lines, tokenizer), reshuffle=True)
+    return _train_on_blocks(0, config, model, tokenizer, encode_text_lines(lines, tokenizer), apart=True)
 
 
 def _train_on_blocks(
-    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]], *, reshuffle: bool = False
+    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]], *, apart: bool = False
 ) -> StageResult:
     """Stages 0 and 1: causal LM on token sequences cut into blocks of ``max_length`` (one row per sequence when
     ``packing`` is off), trained, saved with the tokenizer to ``OUTPUT/model``.
 
-    With ``reshuffle``, every epoch packs the sequences in a new order (:func:`_reshuffled_blocks`)."""
-    schedule = config
+    With ``apart``, packed rows keep the sequences apart instead (:func:`_lines_apart`)."""
     if not config.packing:
         rows = _rows_per_line(sequences, config.max_length)
-    elif reshuffle:
-        rows, schedule = _reshuffled_blocks(sequences, config)
     else:
-        rows = pack_blocks(sequences, config.max_length)
+        rows = _lines_apart(sequences, config) if apart else pack_blocks(sequences, config.max_length)
     stats = PackingStats.of(rows, config.batch_size)
-    attention = _prepare_for_training(model, config, packed=False)
+    attention = _prepare_for_training(model, config, packed=apart and config.packing)
     collator = RowCollator(_pad_id(tokenizer), PAD_TO_MULTIPLE_OF)
-    outcome = run_training(model, RowDataset(rows), collator, schedule, title=f"stage {stage}")
+    outcome = run_training(model, RowDataset(rows), collator, config, title=f"stage {stage}")
     _save_trained(outcome, tokenizer, Path(config.output_dir) / MODEL_DIR, attention)
     _write_config(config, outcome)
     return _result(stage, config, outcome, stats)
-
-
-def _reshuffled_blocks(sequences: list[list[int]], config: TrainConfig) -> tuple[list[dict[str, list[int]]], Any]:
-    """Blocks of ``ceil(num_epochs)`` copies of the sequences, each copy in its own seeded order, and the config
-    that trains once through them (as many steps as ``num_epochs`` over one copy).
-
-    Stage 0's lines are independent facts and questions. Packed once, every epoch showed each line after the same
-    neighbours, and the model learned the corpus by its neighbours rather than by its questions: 24 epochs of the
-    demo's corpus reached loss 0.02, yet "what is the opposite of hot?" asked alone was answered "the opposite of
-    night is day" (typed training questions: 55% right). Neighbours that change every epoch tell nothing, while
-    blocks still train attention across a whole row, which stages 2 and 3 need: lines kept apart instead raised
-    typed answers after the demo's 8 epochs from 26% to 62%, but no attention then reached past a line, and the
-    finished demo model answered worse and parsed 81% of spoken questions against 95%.
-    """
-    copies = max(1, math.ceil(config.num_epochs))
-    rng = random.Random(config.seed)
-    rows: list[dict[str, list[int]]] = []
-    for _ in range(copies):
-        order = list(range(len(sequences)))
-        rng.shuffle(order)
-        rows.extend(pack_blocks([sequences[i] for i in order], config.max_length))
-    return rows, dataclasses.replace(config, num_epochs=config.num_epochs / copies)
 
 
 def run_stage1(config: Stage1Config) -> StageResult:
