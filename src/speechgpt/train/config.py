@@ -163,8 +163,7 @@ class TrainConfig:
 class Stage0Config(TrainConfig):
     """Stage 0 (embedded world only): a text tokenizer and a tiny Llama trained from nothing on a text corpus.
 
-    ``data`` is plain text, one sentence per line; lines are packed into rows of ``max_length`` tokens, each line
-    attending only to itself.
+    ``data`` is plain text, one sentence per line; lines are packed into blocks of ``max_length`` tokens.
     """
 
     output_dir: str = "runs/stage0"

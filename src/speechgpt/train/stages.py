@@ -237,21 +237,6 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _lines_apart(sequences: list[list[int]], config: TrainConfig) -> list[dict[str, list[int]]]:
-    """Rows of whole lines, each line seeing only itself (position ids restart, segmented attention).
-
-    Stage 0's lines are independent facts and questions. Packed into blocks as stage 1's are, every epoch showed
-    each line after the same neighbours, and the model learned the corpus by its neighbours rather than by its
-    questions: 24 epochs of the demo's corpus reached loss 0.02, yet "what is the opposite of hot?" alone was
-    answered "the opposite of night is day" (typed training questions: 55% right). Apart, a line is learned the
-    way it is asked.
-    """
-    from speechgpt.lm.prompts import EncodedExample
-
-    examples = [EncodedExample(s[: config.max_length], s[: config.max_length]) for s in sequences if len(s) >= 2]
-    return pack_examples(examples, config.pack_length or config.max_length, seed=config.seed)
-
-
 def _rows_per_line(sequences: list[list[int]], max_length: int) -> list[dict[str, list[int]]]:
     """One row per sequence, truncated (the unpacked alternative to :func:`pack_blocks`)."""
     return [{"input_ids": s[:max_length], "labels": s[:max_length]} for s in sequences if len(s) >= 2]
@@ -326,8 +311,8 @@ def _result(stage: int, config: TrainConfig, outcome: TrainOutcome, stats: Packi
 def _prepare_for_training(model: Any, config: TrainConfig, *, packed: bool) -> str:
     """Turn the KV cache off and pick the attention kernel; returns the kernel to restore before saving.
 
-    ``attention=auto`` runs packed rows through :data:`~speechgpt.train.data.SEGMENTED_ATTENTION` (no attention
-    across examples) and leaves anything else to the model's default.
+    ``attention=auto`` runs packed rows through :data:`~speechgpt.train.data.SEGMENTED_ATTENTION` (causal sdpa
+    per example: no ``L x L`` masked scores) and leaves anything else to the model's default.
     """
     # A cache during training would hide the packed position-id restarts from the mask builder, and waste memory.
     model.config.use_cache = False
@@ -396,22 +381,17 @@ def run_stage0(config: Stage0Config) -> StageResult:
     )
     model = create_model(model_config, seed=config.seed)
     logger.info("stage 0: tiny Llama of %s parameters, vocabulary %d", f"{model.num_parameters():,}", len(tokenizer))
-    return _train_on_blocks(0, config, model, tokenizer, encode_text_lines(lines, tokenizer), apart=True)
+    return _train_on_blocks(0, config, model, tokenizer, encode_text_lines(lines, tokenizer))
 
 
 def _train_on_blocks(
-    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]], *, apart: bool = False
+    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]]
 ) -> StageResult:
     """Stages 0 and 1: causal LM on token sequences cut into blocks of ``max_length`` (one row per sequence when
-    ``packing`` is off), trained, saved with the tokenizer to ``OUTPUT/model``.
-
-    With ``apart``, packed rows keep the sequences apart instead (:func:`_lines_apart`)."""
-    if not config.packing:
-        rows = _rows_per_line(sequences, config.max_length)
-    else:
-        rows = _lines_apart(sequences, config) if apart else pack_blocks(sequences, config.max_length)
+    ``packing`` is off), trained, saved with the tokenizer to ``OUTPUT/model``."""
+    rows = pack_blocks(sequences, config.max_length) if config.packing else _rows_per_line(sequences, config.max_length)
     stats = PackingStats.of(rows, config.batch_size)
-    attention = _prepare_for_training(model, config, packed=apart and config.packing)
+    attention = _prepare_for_training(model, config, packed=False)
     collator = RowCollator(_pad_id(tokenizer), PAD_TO_MULTIPLE_OF)
     outcome = run_training(model, RowDataset(rows), collator, config, title=f"stage {stage}")
     _save_trained(outcome, tokenizer, Path(config.output_dir) / MODEL_DIR, attention)
