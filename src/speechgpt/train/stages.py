@@ -311,8 +311,8 @@ def _result(stage: int, config: TrainConfig, outcome: TrainOutcome, stats: Packi
 def _prepare_for_training(model: Any, config: TrainConfig, *, packed: bool) -> str:
     """Turn the KV cache off and pick the attention kernel; returns the kernel to restore before saving.
 
-    ``attention=auto`` runs packed rows through :data:`~speechgpt.train.data.SEGMENTED_ATTENTION` (causal sdpa
-    per example: no ``L x L`` masked scores) and leaves anything else to the model's default.
+    ``attention=auto`` runs packed rows through :data:`~speechgpt.train.data.SEGMENTED_ATTENTION` (no attention
+    across examples) and leaves anything else to the model's default.
     """
     # A cache during training would hide the packed position-id restarts from the mask builder, and waste memory.
     model.config.use_cache = False
