@@ -1,5 +1,6 @@
 """The embedded speech world: the text world's answers and held-out split, and the spoken world folder."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -359,6 +360,27 @@ def test_folder_layout_and_world_json(built):
     assert len(wavs) == 42 and all(name.endswith(".wav") for name in wavs)
 
 
+def test_the_word_list_holds_every_word_the_world_says(built):
+    words = (built / "text/vocabulary.txt").read_text().splitlines()
+    assert words == sorted(set(words)) and all(re.fullmatch(r"[a-z']+", w) for w in words)
+    said = (built / "text/corpus.txt").read_text().lower()
+    said += "".join(
+        json.loads(line)["text"] + "\n"
+        for f in ("speech_train", "speech_test")
+        for line in (built / f"{f}.jsonl").read_text().splitlines()
+    )
+    said += "".join(
+        f"{r['instruction']} {r['output']}\n"
+        for f in ("train", "heldout")
+        for r in map(json.loads, (built / f"qa/{f}.jsonl").read_text().splitlines())
+    )
+    assert set(re.findall(r"[a-z']+", said)) <= set(words)
+    # The language, not the sample: a world of other questions has the same words.
+    other = build_text_world(dataclasses.replace(TINY, seed=5, questions_per_family=3))
+    assert other.vocabulary() == words
+    assert {"paris", "france", "seventeen", "mammal", "b"} <= set(words)
+
+
 def test_every_recording_exists_is_16k_mono_speech_and_hours_add_up(built):
     document = json.loads((built / "world.json").read_text())
     for split, fields in (("train", TRAIN_FIELDS), ("test", TEST_FIELDS)):
@@ -478,6 +500,7 @@ def test_a_world_with_missing_files_is_completed_without_speaking_again(built, t
     shutil.copytree(built, copy)
     (copy / "speech_test.jsonl").unlink()
     (copy / "qa" / "heldout.jsonl").unlink()
+    (copy / "text" / "vocabulary.txt").unlink()
     summary = build_world(TINY, copy, num_workers=0)
     assert not summary.already_built and summary.reused == 42 and summary.synthesized == 0
     assert files_of(copy) == files_of(built)

@@ -154,6 +154,24 @@ def test_full_report(tmp_path):
     assert "what is \\| red" in md  # table cells keep their pipes escaped
     assert "| stage1 | 30 | 5.0000 | 2.0000 |" in md and "| stage2 | 20 | 2.5000 | 1.5000 |" in md
     assert "Not run" not in md
+    assert "Judge decoding" not in md and data["vocoder_judge_wer_greedy"] is None  # no judge description given
+
+
+def test_a_lexicon_judge_is_named_and_its_greedy_numbers_shown(tmp_path):
+    resynthesis = resynthesis_result()
+    resynthesis.judge = "lexicon beam search (484 words, unigram weight 0.6, beam 50)"
+    resynthesis.greedy = {"wer": 0.5, "ceiling_wer": 0.25}
+    write_report(tmp_path, resynthesis=resynthesis)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["vocoder_judge_wer"] == 0.25
+    assert data["vocoder_judge_wer_greedy"] == 0.5 and data["vocoder_ceiling_wer_greedy"] == 0.25
+    md = (tmp_path / "report.md").read_text()
+    assert "| the same two, the judge decoding greedily (no lexicon) | 50.0% / 25.0% |" in md
+    assert (
+        "Judge decoding: lexicon beam search (484 words, unigram weight 0.6, beam 50). Decoding greedily instead "
+        "(character by character, no word list), the judge's WER is 50.0% on the resynthesis and 25.0% on the "
+        "originals." in md
+    )
 
 
 def test_parts_not_run_are_null_and_absent(tmp_path):

@@ -188,6 +188,42 @@ def test_resynthesis_wer_and_the_ceiling_on_the_originals(base, held_out):
     assert result.vocoder_seconds > 0 and result.to_dict()["ceiling_wer"] == 0.0
 
 
+class LexiconJudge:
+    """A judge with a word list: what it hears depends on the decoding asked for, and it says how it decodes."""
+
+    decoding = "lexicon"
+
+    def __init__(self, heard: dict[str, list[str]]) -> None:
+        self.scripts = {name: ScriptedJudge(texts) for name, texts in heard.items()}
+
+    def describe_decoding(self) -> str:
+        return "lexicon beam search (2 words)"
+
+    def transcribe(self, waves, *, sample_rate=None, decoding=None):
+        return self.scripts[decoding or self.decoding].transcribe(waves, sample_rate=sample_rate)
+
+
+def test_resynthesis_by_a_lexicon_judge_reports_its_greedy_numbers_too(base, held_out):
+    judge = LexiconJudge(
+        {
+            "lexicon": ["the cat", "a big red dog", "the cat", "a big red dog"],
+            "greedy": ["the cot", "a big rd dg", "the cat", "a bg red dog"],
+        }
+    )
+    result = evaluate_resynthesis(base.vocoder, base.speech_tokenizer, held_out, judge)
+    assert result.wer == 0.0 and result.ceiling.wer == 0.0
+    assert result.greedy == {"wer": pytest.approx(3 / 6), "ceiling_wer": pytest.approx(1 / 6)}
+    assert result.judge == "lexicon beam search (2 words)"
+    # Both decodings heard the same waveforms: the resynthesis, then the originals.
+    for a, b in zip(judge.scripts["lexicon"].heard, judge.scripts["greedy"].heard, strict=True):
+        np.testing.assert_array_equal(a, b)
+    document = result.to_dict()
+    assert document["judge"] == "lexicon beam search (2 words)" and document["greedy"]["wer"] == pytest.approx(0.5)
+    # A judge without a word list gets no greedy numbers, and is named by its class.
+    plain = evaluate_resynthesis(base.vocoder, base.speech_tokenizer, held_out, ScriptedJudge(["x"] * 4))
+    assert plain.greedy is None and plain.judge == "ScriptedJudge"
+
+
 def test_resynthesis_with_true_durations_keeps_the_recordings_length(base, held_out):
     judge = ScriptedJudge(["x"] * 4)
     result = evaluate_resynthesis(base.vocoder, base.speech_tokenizer, held_out, judge, true_durations=True)

@@ -133,3 +133,40 @@ def test_transcribe_without_a_judge_folder_is_a_user_error(corpus, tmp_path):
     )
     assert result.exit_code == 2
     assert "no such judge folder" in result.stderr
+
+
+def test_train_with_a_lexicon_spells_transcripts_from_its_words(corpus, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(TEXTS) + "\nzebra\n")
+    out = tmp_path / "judge"
+    args = ["train", str(corpus / "speech.jsonl"), "-o", str(out), "--lexicon", str(words), *FAST]
+    result = runner.invoke(judge_app, args)
+    assert result.exit_code == 0, result.output
+    assert "decoding: lexicon beam search (17 words" in result.stderr
+    model = JudgeASR.from_pretrained(out, device="cpu")
+    assert model.lexicon is not None and model.lexicon.counts["the"] == 4 and model.lexicon.counts["zebra"] == 1
+    path = str(corpus / "audio" / "0.wav")
+    heard = {}
+    for decoding in ("lexicon", "greedy"):
+        result = runner.invoke(judge_app, ["transcribe", "--judge", str(out), path, "--decoding", decoding])
+        assert result.exit_code == 0, result.output
+        heard[decoding] = json.loads(result.stdout)["text"]
+    assert heard["lexicon"] == model.transcribe([path])[0]
+    assert heard["greedy"] == model.transcribe([path], decoding="greedy")[0]
+    assert set(heard["lexicon"].split()) <= set(model.lexicon.counts)
+
+
+def test_lexicon_errors_are_one_line_exit_2(corpus, judge_dir, tmp_path):
+    manifest = str(corpus / "speech.jsonl")
+    result = runner.invoke(judge_app, ["train", manifest, "-o", str(tmp_path / "j"), "--lexicon", "nowhere.txt"])
+    assert result.exit_code == 2 and "nowhere.txt: no such lexicon text file" in result.stderr
+    accented = tmp_path / "accented.txt"
+    accented.write_text("naïve\n")
+    result = runner.invoke(judge_app, ["train", manifest, "-o", str(tmp_path / "j"), "--lexicon", str(accented)])
+    assert result.exit_code == 2 and "cannot write" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "j").exists()  # refused before training
+    audio = str(corpus / "audio" / "0.wav")
+    result = runner.invoke(judge_app, ["transcribe", "--judge", str(judge_dir), audio, "--decoding", "lexicon"])
+    assert result.exit_code == 2 and "has no lexicon.txt" in result.stderr
+    result = runner.invoke(judge_app, ["transcribe", "--judge", str(judge_dir), audio, "--decoding", "beam"])
+    assert result.exit_code == 2 and "expected greedy or lexicon" in result.stderr

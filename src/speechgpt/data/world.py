@@ -636,12 +636,28 @@ class TextWorld:
         """Alpaca-style records of one split, one per phrasing, as written to ``qa/{split}.jsonl``."""
         return [record for question in self.split(split) for record in question.qa_records()]
 
+    def vocabulary(self) -> list[str]:
+        """Every word the world's language has, sorted: the words of every phrasing, answer and fact of every item
+        of the config's families, before sampling and splitting (so it does not depend on the sample or the split).
+
+        A listener's word list, for the judge ASR's lexicon: it tells which words exist, not which are asked.
+        """
+        texts = (text for family in self.config.families for q in family_questions(family) for text in _texts(q))
+        return sorted({word for text in texts for word in _WORD.findall(text.lower())})
+
     def question_counts(self) -> dict[str, dict[str, int]]:
         """Items per family in each split: ``{"train": {family: n}, "heldout": {family: n}}``."""
         return {
             split: {f: n for f in self.config.families if (n := Counter(q.family for q in self.split(split))[f])}
             for split in SPLITS
         }
+
+
+_WORD = re.compile(r"[a-z']+")
+
+
+def _texts(question: Question) -> tuple[str, ...]:
+    return (*question.phrasings, question.answer, *question.facts)
 
 
 def _corpus(questions: Sequence[Question], config: WorldConfig) -> list[str]:

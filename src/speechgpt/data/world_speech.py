@@ -4,6 +4,7 @@ The folder (a contract read by the data builders, the demo and the evaluation)::
 
     DIR/world.json              format, version, seed, config, voices, counts, hours, seconds_to_build
     DIR/text/corpus.txt         text-pretraining corpus, one sentence per line
+    DIR/text/vocabulary.txt     every word of the world's language, one per line (the judge ASR's word list)
     DIR/qa/train.jsonl          {"id", "instruction", "input": "", "output", "family", "split": "train"}
     DIR/qa/heldout.jsonl        the same for held-out questions
     DIR/speech_train.jsonl      {"id", "audio": "audio/train/<id>.wav", "text", "voice", "kind", "family"}
@@ -50,6 +51,7 @@ WORLD_FORMAT = "speechgpt-speech-world"
 WORLD_VERSION = 1
 WORLD_FILE = "world.json"
 CORPUS_FILE = "text/corpus.txt"
+VOCABULARY_FILE = "text/vocabulary.txt"
 QA_FILES = {"train": "qa/train.jsonl", "heldout": "qa/heldout.jsonl"}
 SPEECH_FILES = {"train": "speech_train.jsonl", "test": "speech_test.jsonl"}
 AUDIO_DIR = "audio"
@@ -289,7 +291,9 @@ def _prepare_folder(out: Path, config: WorldConfig, overwrite: bool) -> dict[str
             )
         if path == marker:
             missing = [
-                name for name in (CORPUS_FILE, *QA_FILES.values(), *SPEECH_FILES.values()) if not (out / name).is_file()
+                name
+                for name in (CORPUS_FILE, VOCABULARY_FILE, *QA_FILES.values(), *SPEECH_FILES.values())
+                if not (out / name).is_file()
             ]
             if not missing:
                 return recorded
@@ -322,6 +326,7 @@ def _remove_strays(out: Path, plan: Sequence[Utterance]) -> None:
 
 def _write_text_world(out: Path, world: TextWorld) -> None:
     atomic_write_text(out / CORPUS_FILE, "".join(line + "\n" for line in world.corpus))
+    atomic_write_text(out / VOCABULARY_FILE, "".join(word + "\n" for word in world.vocabulary()))
     for split, name in QA_FILES.items():
         atomic_write_text(out / name, "".join(dumps_record(r) + "\n" for r in world.qa_records(split)))
 

@@ -294,6 +294,11 @@ class DemoConfig:
     vocoder_refiner_steps: int = 800
     vocoder_duration_steps: int = 600
 
+    judge_lexicon: bool = True
+    """Spell the judge's transcripts from the world's words (``world/text/corpus.txt`` counts and the word list
+    ``world/text/vocabulary.txt``) instead of character by character. On the default demo's judge, its WER on real
+    held-out-voice recordings fell from 0.254 to 0.127 (200 recordings), on the vocoder's resynthesis of 60 of them
+    from 0.307 to 0.211; the report shows the greedy numbers beside these."""
     judge_steps: int = 1400
     """On 2 cores the judge trains in the background on one while the recogniser, the data and stages 0-1 run on
     the other; at 1,400 steps it was done here before stage 2 began, so stage 2 got both cores (a step keeps the

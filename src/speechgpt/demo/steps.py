@@ -40,6 +40,7 @@ from speechgpt.jsonl import dumps_record, read_jsonl
 
 if TYPE_CHECKING:
     from speechgpt.demo.runner import DemoConfig
+    from speechgpt.eval.lexicon import Lexicon
     from speechgpt.units.tokenizer import SpeechTokenizer, Units
 
 logger = logging.getLogger(__name__)
@@ -584,9 +585,11 @@ def run_vocoder(ctx: StepContext) -> StepOutput:
     return StepOutput([VOCODER_DIR], {key: vocoder.info[key] for key in sorted(vocoder.info)})
 
 
-def _train_ctc_recognizer(ctx: StepContext, *, steps: int, seed: int, folder: str) -> StepOutput:
+def _train_ctc_recognizer(
+    ctx: StepContext, *, steps: int, seed: int, folder: str, lexicon: Lexicon | None = None
+) -> StepOutput:
     """A CTC recogniser (the judge's architecture) trained on the training voices only, validated on training
-    voices saying held-out questions (not training data), saved to ``folder``."""
+    voices saying held-out questions (not training data), saved to ``folder`` with ``lexicon`` if given."""
     from speechgpt.eval.asr import read_eval_manifest
     from speechgpt.eval.judge import JudgeConfig, JudgeTrainArgs, read_transcripts, train_judge
 
@@ -611,8 +614,10 @@ def _train_ctc_recognizer(ctx: StepContext, *, steps: int, seed: int, folder: st
     model, history = train_judge(
         items, architecture, args=args, valid_items=[(item.audio, item.text) for item in valid], progress=on_step
     )
+    model.lexicon = lexicon
     model.save_pretrained(ctx.path(folder))
     info: dict[str, Any] = {"train_items": len(items), "valid_items": len(valid), "steps": steps, "seed": seed}
+    info["decoding"] = model.describe_decoding()
     if history.valid:
         _, cer, wer = history.valid[-1]
         info.update(valid_cer=round(cer, 4), valid_wer=round(wer, 4))
@@ -620,8 +625,19 @@ def _train_ctc_recognizer(ctx: StepContext, *, steps: int, seed: int, folder: st
 
 
 def run_judge(ctx: StepContext) -> StepOutput:
-    """Train the judge ASR on the training voices only: it never hears a held-out voice, whose speech it scores."""
-    return _train_ctc_recognizer(ctx, steps=ctx.config.judge_steps, seed=ctx.config.seed, folder=JUDGE_DIR)
+    """Train the judge ASR on the training voices only: it never hears a held-out voice, whose speech it scores.
+
+    With ``judge_lexicon`` it spells what it hears from the world's words (the corpus and the word list).
+    """
+    from speechgpt.data.world_speech import CORPUS_FILE, VOCABULARY_FILE
+    from speechgpt.eval.lexicon import Lexicon
+
+    lexicon = None
+    if ctx.config.judge_lexicon:
+        lexicon = Lexicon.from_files([ctx.path(WORLD_DIR, CORPUS_FILE), ctx.path(WORLD_DIR, VOCABULARY_FILE)])
+    return _train_ctc_recognizer(
+        ctx, steps=ctx.config.judge_steps, seed=ctx.config.seed, folder=JUDGE_DIR, lexicon=lexicon
+    )
 
 
 def run_recognizer(ctx: StepContext) -> StepOutput:
@@ -987,13 +1003,14 @@ STEPS: tuple[Step, ...] = (
             "judge_steps",
             "judge_batch_seconds",
             "judge_valid_items",
+            "judge_lexicon",
             *_JUDGE_SIZES,
         ),
         after=("world",),
         clean=(JUDGE_DIR,),
         budget=80,
         command="speechgpt judge train {out}/world/speech_train.jsonl -o {out}/judge --steps {judge_steps} "
-        "--batch-seconds {judge_batch_seconds}",
+        "--batch-seconds {judge_batch_seconds}{judge_options}",
         background=True,
     ),
     Step(
@@ -1184,6 +1201,8 @@ def step_command(step: Step, ctx: StepContext) -> str:
     values["recognizer_seed"] = config.seed + 1
     recognizer = config.extractor == "recognizer"
     values["recognizer_option"] = f" --recognizer {ctx.out}/recognizer" if recognizer else ""
+    lexicon = f" --lexicon {ctx.out}/{WORLD_DIR}/text/corpus.txt --lexicon {ctx.out}/{WORLD_DIR}/text/vocabulary.txt"
+    values["judge_options"] = lexicon if config.judge_lexicon else ""
     tokens = config.eval_max_new_tokens
     values["max_new_tokens"] = "" if tokens is None else f" --max-new-tokens {tokens}"
     for stage in TRAINING_STAGES:

@@ -15,8 +15,11 @@ WER keeps falling well past the default 1,600 steps, so a longer run buys a shar
   perturbation (tempo, pitch and formants move together, as between speakers), random extra silence around the
   utterance, a random frequency warp of the mel axis (vocal-tract length) and SpecAugment-style masks, so that
   the model hears past the few training voices;
-* greedy CTC decoding (best class per frame, repeats merged, blanks dropped): no lexicon or language model, so a
-  garbled word is scored as garbled rather than corrected into a plausible one.
+* decoding: greedy CTC (best class per frame, repeats merged, blanks dropped: a garbled word is scored as garbled),
+  or, when the judge has a :class:`~speechgpt.eval.lexicon.Lexicon` (``lexicon.txt`` in its folder), a beam search
+  in which every word is spelled from the words of the language, weighted by how often the language says them (no
+  word sequence model: a garbled word is heard as whatever word it sounds like, right or wrong).
+  :attr:`JudgeASR.decoding` says which one a judge uses.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch import nn
 
 from speechgpt.audio import SAMPLE_RATE, AudioError, AudioSource, load_audio
 from speechgpt.devices import resolve_device
+from speechgpt.eval.lexicon import LEXICON_NAME, Lexicon, LexiconCTCDecoder
 from speechgpt.eval.metrics import error_rates
 from speechgpt.eval.text_norm import normalize_text
 from speechgpt.fileio import atomic_write_bytes, atomic_write_text
@@ -321,12 +325,37 @@ class JudgeASR(nn.Module):
         self.head = nn.Linear(2 * cfg.hidden_size, cfg.num_classes)
         self.features = LightFeatures(cfg.feature_config())
         self.info: dict[str, str] = {}
+        self._lexicon_decoder: LexiconCTCDecoder | None = None
         if device is not None:
             self.to(device)
 
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
+
+    @property
+    def lexicon(self) -> Lexicon | None:
+        """The words transcripts are spelled from (None: greedy character decoding)."""
+        return self._lexicon_decoder.lexicon if self._lexicon_decoder is not None else None
+
+    @lexicon.setter
+    def lexicon(self, lexicon: Lexicon | None) -> None:
+        self._lexicon_decoder = LexiconCTCDecoder(lexicon, VOCABULARY) if lexicon is not None else None
+
+    @property
+    def decoding(self) -> str:
+        """How :meth:`transcribe` decodes by default: ``"greedy"`` or ``"lexicon"``."""
+        return "greedy" if self._lexicon_decoder is None else "lexicon"
+
+    def describe_decoding(self) -> str:
+        """One line for reports: the decoding and, with a lexicon, its size."""
+        if self._lexicon_decoder is None:
+            return "greedy CTC (no lexicon)"
+        options = self._lexicon_decoder.options
+        return (
+            f"lexicon beam search ({len(self._lexicon_decoder.words)} words, unigram weight {options.lm_weight:g}, "
+            f"beam {options.beam_size})"
+        )
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames for ``lengths`` input frames (the first convolution's stride)."""
@@ -386,8 +415,9 @@ class JudgeASR(nn.Module):
         sample_rate: int | None = None,
         batch_size: int = 16,
         max_seconds: float | None = MAX_AUDIO_SECONDS,
+        decoding: str | None = None,
     ) -> list[str]:
-        """Transcribe recordings (greedy CTC), in batches of similar length; results in input order.
+        """Transcribe recordings, in batches of similar length; results in input order.
 
         Args:
             waves: Audio paths, file bytes, or arrays (arrays need ``sample_rate`` unless already 16 kHz
@@ -395,6 +425,7 @@ class JudgeASR(nn.Module):
             sample_rate: Rate of array inputs.
             batch_size: Recordings per forward pass.
             max_seconds: Longest accepted recording.
+            decoding: ``"greedy"`` or ``"lexicon"`` (which needs a :attr:`lexicon`); None: :attr:`decoding`.
 
         Returns:
             One normalised transcript per recording (lowercase letters, apostrophes, single spaces).
@@ -404,6 +435,11 @@ class JudgeASR(nn.Module):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        decoding = self.decoding if decoding is None else decoding
+        if decoding not in ("greedy", "lexicon"):
+            raise ValueError(f"decoding must be 'greedy' or 'lexicon', got {decoding!r}")
+        if decoding == "lexicon" and self._lexicon_decoder is None:
+            raise ValueError("lexicon decoding asked for, but this judge has no lexicon")
         features = [
             self.extract(load_for_judge(wave, sample_rate=sample_rate, max_seconds=max_seconds, name=f"item {i}"))
             for i, wave in enumerate(waves)
@@ -417,14 +453,23 @@ class JudgeASR(nn.Module):
                 chosen = order[start : start + batch_size]
                 batch, lengths = _pad([features[i] for i in chosen])
                 log_probs, out_lengths = self(batch.to(self.device), lengths.to(self.device))
-                for i, text in zip(chosen, ctc_greedy_decode(log_probs, out_lengths.cpu()), strict=True):
+                out_lengths = out_lengths.cpu()
+                if decoding == "greedy":
+                    decoded = ctc_greedy_decode(log_probs, out_lengths)
+                else:
+                    decoder = self._lexicon_decoder
+                    assert decoder is not None
+                    rows = zip(log_probs, out_lengths.tolist(), strict=True)
+                    decoded = [decoder.decode(row[:length]) for row, length in rows]
+                for i, text in zip(chosen, decoded, strict=True):
                     texts[i] = text
         finally:
             self.train(was_training)
         return texts
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically."""
+        """Write ``config.json``, ``model.safetensors`` and (with a lexicon) ``lexicon.txt`` into ``directory``,
+        each atomically; a stale ``lexicon.txt`` of a judge without one is removed."""
         from safetensors.torch import save
 
         directory = Path(directory)
@@ -433,16 +478,22 @@ class JudgeASR(nn.Module):
         atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": JUDGE_FORMAT}))
         config = {"format": JUDGE_FORMAT, "version": JUDGE_VERSION, "vocabulary": VOCABULARY, **self.config.to_dict()}
         config["info"] = dict(self.info)
+        lexicon = self.lexicon
+        if lexicon is not None:
+            lexicon.save(directory / LEXICON_NAME)
+        else:
+            (directory / LEXICON_NAME).unlink(missing_ok=True)
         atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None) -> JudgeASR:
-        """Load a folder written by :meth:`save_pretrained`, in eval mode, on ``device`` (CUDA if present, else CPU).
+        """Load a folder written by :meth:`save_pretrained`, in eval mode, on ``device`` (CUDA if present, else CPU),
+        with its lexicon when the folder has one.
 
         Raises:
             FileNotFoundError: the folder, its config or its weights are missing.
-            ValueError: the config is not a judge's, or the weights do not fit it.
+            ValueError: the config is not a judge's, the weights do not fit it, or the lexicon is malformed.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -479,6 +530,8 @@ class JudgeASR(nn.Module):
         check_weights(state, model.state_dict(), str(weights_path))
         model.load_state_dict(state)
         model.info = {str(k): str(v) for k, v in (data.get("info") or {}).items()}
+        if (directory / LEXICON_NAME).is_file():
+            model.lexicon = Lexicon.load(directory / LEXICON_NAME)
         return model.to(resolve_device(device)).eval()
 
 
@@ -620,7 +673,7 @@ def train_judge(
 
 
 def _score(model: JudgeASR, valid: list[_Example]) -> tuple[float, float]:
-    hypotheses = model.transcribe([e.wave for e in valid])
+    hypotheses = model.transcribe([e.wave for e in valid], decoding="greedy")
     references = [decode_ids(e.target.tolist()) for e in valid]
     report = error_rates(references, hypotheses)
     return report.cer, report.wer

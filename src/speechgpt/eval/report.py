@@ -64,6 +64,8 @@ HEADLINE_KEYS = (
     "tts_judge_cer",
     "vocoder_judge_wer",
     "vocoder_ceiling_wer",
+    "vocoder_judge_wer_greedy",
+    "vocoder_ceiling_wer_greedy",
     "qa_text_accuracy",
     "qa_speech_accuracy",
     "latency_first_audio_s",
@@ -215,6 +217,8 @@ def headline_numbers(
         "tts_judge_cer": _get(tts, "cer"),
         "vocoder_judge_wer": _get(resynthesis, "wer"),
         "vocoder_ceiling_wer": _get(resynthesis, "ceiling_wer"),
+        "vocoder_judge_wer_greedy": _get(resynthesis, "greedy", "wer"),
+        "vocoder_ceiling_wer_greedy": _get(resynthesis, "greedy", "ceiling_wer"),
         "qa_text_accuracy": _get(qa, "text_accuracy"),
         "qa_speech_accuracy": _get(qa, "speech_accuracy"),
         "latency_first_audio_s": _get(latency, "first_audio_s"),
@@ -430,6 +434,17 @@ def _summary_md(numbers: Mapping[str, Any]) -> list[str]:
             _target("vocoder_judge_wer", numbers["vocoder_judge_wer"]),
         ],
         ["judge WER on the original recordings (ceiling)", _pct(numbers["vocoder_ceiling_wer"]), ""],
+        *(
+            [
+                [
+                    "the same two, the judge decoding greedily (no lexicon)",
+                    f"{_pct(numbers['vocoder_judge_wer_greedy'])} / {_pct(numbers['vocoder_ceiling_wer_greedy'])}",
+                    "",
+                ]
+            ]
+            if numbers.get("vocoder_judge_wer_greedy") is not None
+            else []
+        ),
         [
             "spoken questions: text answer accuracy",
             _pct(numbers["qa_text_accuracy"]),
@@ -462,6 +477,10 @@ HOW_TO_READ = """\
 - **Vocoder resynthesis** turns real held-out recordings into units and back into audio. The judge's WER on the
   original recordings is the **ceiling**: the vocoder's score cannot beat it; the gap is what the units and the
   vocoder lose.
+- **The judge** spells the words it hears from a word list of the language when it has one (`lexicon.txt` in its
+  folder: every word of the embedded world, weighted by how often its text says it), as a listener knows the words
+  of a language; it has no model of which sentence to expect. The greedy numbers beside it decode character by
+  character, where any slip of the small judge's acoustics makes a wrong word.
 - **Spoken QA** asks each question four ways (speech or text in, speech or text out). An answer counts as right when
   it *contains* the gold answer as whole words after normalisation ("exact" requires equality). Spoken answers are
   transcribed by the judge first, so their accuracy includes the judge's errors. The **parse rate** is the share of
@@ -507,6 +526,7 @@ def _tts_md(tts: Section) -> list[str]:
         f"{_pct(tts.get('spoken_rate'))} of replies held speech ({_num(tts.get('audio_seconds'), 1)} s produced in "
         f"{_num(tts.get('seconds'), 1)} s).",
         "",
+        *_judge_lines(tts),
         *_failures_line(tts),
     ]
     groups = tts.get("groups") or {}
@@ -522,6 +542,21 @@ def _tts_md(tts: Section) -> list[str]:
     return lines
 
 
+def _judge_lines(section: Section) -> list[str]:
+    """How the judge decoded, and for a lexicon judge the greedy numbers beside it."""
+    judge = section.get("judge")
+    if not judge:
+        return []
+    line = f"Judge decoding: {judge}."
+    greedy = section.get("greedy")
+    if isinstance(greedy, Mapping):
+        line += (
+            f" Decoding greedily instead (character by character, no word list), the judge's WER is "
+            f"{_pct(greedy.get('wer'))} on the resynthesis and {_pct(greedy.get('ceiling_wer'))} on the originals."
+        )
+    return [line, ""]
+
+
 def _resynthesis_md(resynthesis: Section) -> list[str]:
     lines = [
         "## Vocoder intelligibility (real units → vocoder, judged)",
@@ -531,6 +566,7 @@ def _resynthesis_md(resynthesis: Section) -> list[str]:
         f"{resynthesis.get('utterances')} recording(s), {resynthesis.get('durations', 'predicted')} durations, "
         f"vocoder RTF {_num(resynthesis.get('vocoder_rtf'), 3)}.",
         "",
+        *_judge_lines(resynthesis),
         *_failures_line(resynthesis),
     ]
     groups = resynthesis.get("groups") or {}

@@ -55,6 +55,7 @@ __all__ = [
     "TtsResult",
     "TtsRow",
     "default_tts_options",
+    "describe_judge",
     "evaluate_resynthesis",
     "evaluate_tts",
     "judge_transcripts",
@@ -188,6 +189,27 @@ def load_judge(path: str | os.PathLike, *, device: str | torch.device | None = N
     raise ValueError(
         f"{config_path}: neither a judge ('format': {JUDGE_FORMAT!r}) nor a Hugging Face model ('model_type')"
     )
+
+
+def describe_judge(judge: Transcriber) -> str:
+    """How a judge decodes, for reports: a :class:`~speechgpt.eval.judge.JudgeASR` says (greedy or lexicon beam
+    search), other judges are named by their class."""
+    describe = getattr(judge, "describe_decoding", None)
+    if callable(describe):
+        return str(describe())
+    return f"{type(judge).__name__} (greedy CTC)" if isinstance(judge, HFCTCJudge) else type(judge).__name__
+
+
+def _greedy_view(judge: Transcriber) -> Transcriber | None:
+    """The same judge decoding greedily, when it decodes with a lexicon (None otherwise): reports show both."""
+    if getattr(judge, "decoding", None) != "lexicon":
+        return None
+
+    class Greedy:
+        def transcribe(self, waves: Sequence[Any], *, sample_rate: int | None = None) -> list[str]:
+            return judge.transcribe(waves, sample_rate=sample_rate, decoding="greedy")  # type: ignore[call-arg]
+
+    return Greedy()
 
 
 def judge_transcripts(judge: Transcriber, waves: Sequence[np.ndarray | None]) -> list[str]:
@@ -338,6 +360,7 @@ class TtsResult:
         truncated: Replies that hit ``max_new_tokens`` (their unit span may be cut short).
         seconds: Wall time of the whole evaluation.
         audio_seconds: Speech produced, in seconds.
+        judge: How the judge decoded (:func:`describe_judge`).
     """
 
     report: ErrorReport
@@ -347,6 +370,7 @@ class TtsResult:
     truncated: int = 0
     seconds: float = 0.0
     audio_seconds: float = 0.0
+    judge: str = ""
 
     @property
     def wer(self) -> float:
@@ -371,6 +395,7 @@ class TtsResult:
             "failures": [{"id": i, "error": e} for i, e in self.failures],
             "seconds": self.seconds,
             "audio_seconds": self.audio_seconds,
+            "judge": self.judge,
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -450,6 +475,7 @@ def evaluate_tts(
         truncated=truncated,
         seconds=time.perf_counter() - started,
         audio_seconds=sum(row.audio_seconds for row in rows),
+        judge=describe_judge(judge),
     )
 
 
@@ -485,6 +511,9 @@ class ResynthesisResult:
         vocoder_seconds: Time spent in the vocoder.
         audio_seconds: Duration of the resynthesized audio.
         durations: ``"predicted"`` (the vocoder's duration predictor, as in conversation) or ``"true"``.
+        judge: How the judge decoded (:func:`describe_judge`).
+        greedy: For a judge with a lexicon, the same judge decoding greedily (character by character):
+            ``{"wer", "ceiling_wer"}``; None otherwise.
     """
 
     report: ErrorReport
@@ -495,6 +524,8 @@ class ResynthesisResult:
     vocoder_seconds: float = 0.0
     audio_seconds: float = 0.0
     durations: str = "predicted"
+    judge: str = ""
+    greedy: dict[str, float] | None = None
 
     @property
     def wer(self) -> float:
@@ -518,6 +549,8 @@ class ResynthesisResult:
             "vocoder_seconds": self.vocoder_seconds,
             "audio_seconds": self.audio_seconds,
             "vocoder_rtf": self.vocoder_rtf,
+            "judge": self.judge,
+            "greedy": self.greedy,
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -584,6 +617,12 @@ def evaluate_resynthesis(
     groups = [item.group for item in kept]
     hyps = judge_transcripts(judge, resynthesized)
     original_hyps = judge_transcripts(judge, originals)
+    greedy = None
+    if (greedy_judge := _greedy_view(judge)) is not None:
+        greedy = {
+            "wer": error_rates(refs, judge_transcripts(greedy_judge, resynthesized)).wer,
+            "ceiling_wer": error_rates(refs, judge_transcripts(greedy_judge, originals)).wer,
+        }
     rows = [
         ResynthesisRow(
             item.id, item.group, ref, hyp, orig, error_rates([ref], [hyp]).wer, error_rates([ref], [orig]).wer
@@ -599,4 +638,6 @@ def evaluate_resynthesis(
         vocoder_seconds=vocoder_seconds,
         audio_seconds=sum(w.size for w in resynthesized) / SAMPLE_RATE,
         durations="true" if true_durations else "predicted",
+        judge=describe_judge(judge),
+        greedy=greedy,
     )

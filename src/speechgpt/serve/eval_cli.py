@@ -344,6 +344,11 @@ def vocoder(
     rows = [
         ("judge WER (resynthesis)", _pct(result.wer)),
         ("judge WER (original audio)", _pct(result.ceiling.wer)),
+    ]
+    if result.greedy is not None:
+        rows.append(("  greedy, no lexicon", f"{_pct(result.greedy['wer'])} / {_pct(result.greedy['ceiling_wer'])}"))
+    rows += [
+        ("judge", result.judge),
         ("vocoder RTF", f"{result.vocoder_rtf:.3f}"),
         ("recordings", str(result.report.utterances)),
     ]

@@ -51,6 +51,15 @@ def train(
         typer.Option("--valid-fraction", help="Share of MANIFEST held out for validation without --valid.", min=0.0),
     ] = 0.05,
     steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.", min=1)] = 1600,
+    lexicon: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--lexicon",
+            help="Text file(s) whose words (and how often they occur) the judge spells its transcripts from "
+            "(repeatable: a corpus and a word list). Without it the judge decodes character by character.",
+            show_default=False,
+        ),
+    ] = None,
     batch_seconds: Annotated[float, typer.Option("--batch-seconds", help="Audio per batch (s).", min=1.0)] = 30.0,
     valid_every: Annotated[
         int, typer.Option("--valid-every", help="Steps between validations (0: only at the end).", min=0)
@@ -75,15 +84,24 @@ def train(
     (lowercase, numbers as words, no punctuation) before training. Train the judge on voices other than the
     ones it will judge, and never on the output of the system it judges.
 
+    With --lexicon, transcripts are spelled from the words of those files, each weighted by how often it occurs
+    (a word list adds one to each word it names): a listener's knowledge of the language's words, with no model of
+    which sentence to expect. `speechgpt judge transcribe --decoding greedy` still decodes without it.
+
     Example:
 
-      speechgpt judge train runs/world/speech_train.jsonl -o runs/judge
+      speechgpt judge train runs/world/speech_train.jsonl -o runs/judge \\
+        --lexicon runs/world/text/corpus.txt --lexicon runs/world/text/vocabulary.txt
     """
-    from speechgpt.eval.judge import JudgeConfig, JudgeTrainArgs, read_transcripts, train_judge
+    from speechgpt.eval.judge import VOCABULARY, JudgeConfig, JudgeTrainArgs, read_transcripts, train_judge
+    from speechgpt.eval.lexicon import Lexicon, LexiconCTCDecoder
 
     if valid is None and not valid_fraction < 1:
         fail(f"--valid-fraction must be below 1, got {valid_fraction}")
-    with user_errors(*USER_ERRORS):
+    with user_errors(*USER_ERRORS, ImportError):
+        words = Lexicon.from_files(lexicon) if lexicon else None
+        if words is not None:
+            LexiconCTCDecoder(words, VOCABULARY)  # a word the judge cannot spell fails now, not after training
         items = read_transcripts(manifest)
         if valid is not None:
             valid_items = read_transcripts(valid)
@@ -124,6 +142,7 @@ def train(
     except KeyboardInterrupt:
         stderr.print("interrupted; nothing written")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    judge.lexicon = words
     with user_errors(*USER_ERRORS):
         judge.save_pretrained(output)
     scores = ""
@@ -132,7 +151,7 @@ def train(
         scores = f"; validation CER {cer:.3f}, WER {wer:.3f}"
     stderr.print(
         f"wrote {output}: {len(items)} recording(s), {history.train_seconds / 60:.1f} min of speech, "
-        f"{steps} steps in {time.perf_counter() - started:.0f} s{scores}"
+        f"{steps} steps in {time.perf_counter() - started:.0f} s{scores}; decoding: {judge.describe_decoding()}"
     )
 
 
@@ -153,6 +172,15 @@ def transcribe(
         bool, typer.Option("--overwrite", help="Start -o from scratch instead of resuming it.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Recordings per forward pass.", min=1)] = 16,
+    decoding: Annotated[
+        str | None,
+        typer.Option(
+            "--decoding",
+            help="greedy (character by character) or lexicon (words of the judge's lexicon.txt); "
+            "default: lexicon when the judge has one.",
+            show_default=False,
+        ),
+    ] = None,
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", help="Reject recordings longer than this (seconds).", min=0.1)
     ] = 120.0,
@@ -177,8 +205,12 @@ def transcribe(
         items = collect_audio_inputs(inputs)
     if not items:
         fail(f"no audio found in {', '.join(map(str, inputs))}")
-    with user_errors(*USER_ERRORS):
+    if decoding not in (None, "greedy", "lexicon"):
+        fail(f"--decoding {decoding!r}: expected greedy or lexicon")
+    with user_errors(*USER_ERRORS, ImportError):
         model = JudgeASR.from_pretrained(judge, device=device)
+    if decoding == "lexicon" and model.lexicon is None:
+        fail(f"{judge}: --decoding lexicon, but the judge has no lexicon.txt (train it with --lexicon)")
     writer = None
     if output is not None:
         with user_errors(*USER_ERRORS):
@@ -198,7 +230,8 @@ def transcribe(
                     except AudioError as e:
                         failures.append(str(e))
                         progress.console.print(f"[red]skipped[/] {e}", markup=True, highlight=False, soft_wrap=True)
-                texts = model.transcribe([wave for _, wave in loaded], batch_size=batch_size) if loaded else []
+                waves = [wave for _, wave in loaded]
+                texts = model.transcribe(waves, batch_size=batch_size, decoding=decoding) if loaded else []
                 for (item, _), text in zip(loaded, texts, strict=True):
                     record = {"audio": item, "text": text}
                     if writer is not None:

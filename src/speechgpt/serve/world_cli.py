@@ -62,10 +62,10 @@ def build_world_command(
     The world is deterministic from --seed: question families (capitals, colours, animals, opposites, spelling,
     arithmetic, counting, comparisons, chit-chat) with several phrasings each, a held-out set of questions never
     seen in training, 6 training voices and 2 held-out voices with varied rate and pitch. It writes `world.json`,
-    `text/corpus.txt`, `qa/train.jsonl`, `qa/heldout.jsonl`, `speech_train.jsonl`, `speech_test.jsonl` and the
-    WAVs under `audio/`. Running the command again with the same options does nothing; after an interruption it
-    finishes the build, keeping the audio already written. Progress and a stats table go to stderr, a one-line
-    JSON summary to stdout.
+    `text/corpus.txt`, `text/vocabulary.txt` (every word of the world), `qa/train.jsonl`, `qa/heldout.jsonl`,
+    `speech_train.jsonl`, `speech_test.jsonl` and the WAVs under `audio/`. Running the command again with the same
+    options does nothing; after an interruption it finishes the build, keeping the audio already written. Progress
+    and a stats table go to stderr, a one-line JSON summary to stdout.
 
     Examples:
 
