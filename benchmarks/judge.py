@@ -18,6 +18,8 @@ Steps:
    on the same training audio; every test utterance is turned into units and resynthesized, with its true
    durations and with predicted ones; the judge transcribes the original and both resyntheses. The judge never
    trains on vocoder output.
+4. Every transcription twice: greedy (character by character) and spelled from the world's words (the lexicon
+   of ``text/corpus.txt`` and ``text/vocabulary.txt``, as the demo's judge decodes).
 
 Prints tables and writes ``benchmarks/judge.json``.
 """
@@ -40,8 +42,9 @@ from _environment import run_info
 from speechgpt.audio import load_audio
 from speechgpt.data.tts import VoiceSettings, synthesize_many
 from speechgpt.data.world import WorldConfig
-from speechgpt.data.world_speech import build_world, default_workers
+from speechgpt.data.world_speech import CORPUS_FILE, VOCABULARY_FILE, build_world, default_workers
 from speechgpt.eval.judge import JudgeASR, JudgeConfig, JudgeHistory, JudgeTrainArgs, train_judge
+from speechgpt.eval.lexicon import Lexicon
 from speechgpt.eval.metrics import error_rates
 from speechgpt.fileio import atomic_write_text
 from speechgpt.jsonl import read_jsonl
@@ -97,10 +100,12 @@ def speak(
     return synthesize_many(texts, settings, num_workers=default_workers()), chosen
 
 
-def score(judge, waves: list[np.ndarray], split: Split) -> tuple[dict[str, Any], list[str], float]:
+def score(
+    judge, waves: list[np.ndarray], split: Split, decoding: str = "greedy"
+) -> tuple[dict[str, Any], list[str], float]:
     """Judge transcripts of ``waves`` scored against the split's texts, per (voice split, item split) group."""
     start = time.perf_counter()
-    hypotheses = judge.transcribe(waves)
+    hypotheses = judge.transcribe(waves, decoding=decoding)
     seconds = time.perf_counter() - start
     report = error_rates(split["texts"], hypotheses, groups=split["groups"])
     per_voice = error_rates(split["texts"], hypotheses, groups=split["voices"])
@@ -177,7 +182,9 @@ def main() -> None:
         if args.judge is not None:
             judge.save_pretrained(args.judge)
     judge_seconds = float(judge.info["train_wall_seconds"]) if loaded else time.perf_counter() - started
+    judge.lexicon = Lexicon.from_files([world / CORPUS_FILE, world / VOCABULARY_FILE])
     original, hypotheses, judge_rtf = score(judge, test["waves"], test)
+    original_lexicon, _, lexicon_rtf = score(judge, test["waves"], test, "lexicon")
 
     # 2. Tokenizer and fast vocoder on the same training audio; resynthesis of the test speech.
     start = time.perf_counter()
@@ -198,6 +205,9 @@ def main() -> None:
     resynthesis = {
         "fast vocoder, true durations": score(judge, true_durations, test)[0],
         "fast vocoder, predicted durations": score(judge, predicted, test)[0],
+        "original, lexicon": original_lexicon,
+        "fast vocoder, true durations, lexicon": score(judge, true_durations, test, "lexicon")[0],
+        "fast vocoder, predicted durations, lexicon": score(judge, predicted, test, "lexicon")[0],
     }
     shown = range(0, len(test["texts"]), max(1, len(test["texts"]) // 8))
     examples = [{"text": test["texts"][i], "group": test["groups"][i], "judge": hypotheses[i]} for i in shown]
@@ -237,6 +247,8 @@ def main() -> None:
             "parameters": sum(p.numel() for p in judge.parameters()),
             "history": history.to_dict(),
             "transcribe_rtf": judge_rtf,
+            "transcribe_rtf_lexicon": lexicon_rtf,
+            "lexicon_words": len(judge.lexicon.counts),
         },
         "tokenizer": {"units": NUM_UNITS, "seconds": tokenizer_seconds},
         "vocoder": {"fit_seconds": vocoder_seconds, **vocoder.info},

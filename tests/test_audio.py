@@ -16,6 +16,7 @@ from speechgpt.audio import (
     SAMPLE_RATE,
     AudioError,
     audio_duration,
+    change_speed,
     encode_pcm16,
     encode_wav,
     load_audio,
@@ -424,3 +425,17 @@ def test_encode_wav_keeps_rate_and_refuses_bad_input() -> None:
         encode_pcm16(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="sample_rate must be a positive int, got 0"):
         encode_wav(np.zeros(4, np.float32), sample_rate=0)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_change_speed_scales_duration_and_pitch_together(factor: float) -> None:
+    seconds, pitch = 1.0, 220.0
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    wave = (0.5 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+    faster = change_speed(wave, factor)
+    assert faster.dtype == np.float32 and len(faster) == pytest.approx(len(wave) / factor, abs=2)
+    spectrum = np.abs(np.fft.rfft(faster))
+    peak = np.argmax(spectrum) * SAMPLE_RATE / len(faster)
+    assert peak == pytest.approx(pitch * factor, abs=2.0)
+    with pytest.raises(ValueError, match="positive number"):
+        change_speed(wave, 0.0)

@@ -97,6 +97,18 @@ def load_audio(
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
+    """A 16 kHz recording played ``factor`` times as fast: tempo, pitch and formants scale together, as between a
+    shorter and a longer vocal tract (the speed perturbation of ASR recipes such as Kaldi's, 0.9/1.0/1.1).
+
+    Raises:
+        ValueError: ``factor`` is not a positive finite number.
+    """
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"speed factor must be a positive number, got {factor!r}")
+    return np.ascontiguousarray(soxr.resample(wave, SAMPLE_RATE, SAMPLE_RATE / factor, quality="MQ"), np.float32)
+
+
 def audio_duration(source: str | os.PathLike | bytes, *, name: str | None = None) -> float:
     """Duration in seconds read from a file's header without decoding it (cheap enough for batch planning).
 

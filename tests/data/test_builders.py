@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechgpt.audio import load_audio
+from speechgpt.audio import change_speed, load_audio
 from speechgpt.constants import SAMPLE_RATE
 from speechgpt.data.builders import (
     ALL_COMBOS,
@@ -307,6 +307,43 @@ def test_stage2_seed_and_directions(tokenizer, manifest, tmp_path):
     for bad in ((), ("asr", "asr"), ("asr", "translate")):
         with pytest.raises(ValueError, match="directions must be distinct values among"):
             build_stage2(manifest, tokenizer, tmp_path / "x.jsonl", directions=bad)
+
+
+def test_stage2_speed_perturbed_asr_records(tokenizer, manifest, wavs, tmp_path):
+    out = tmp_path / "speed.jsonl"
+    result = build_stage2(manifest, tokenizer, out, speed_perturbation=(0.9, 1.1), seed=3)
+    records = list(read_jsonl(out))
+    names = ("asr", "tts", "asr-speed0.9", "asr-speed1.1")
+    assert [r["id"] for r in records] == [f"utt{i}-{name}" for i in range(6) for name in names]
+    # The original records are those of a build without copies; a copy is the ASR record of the faster/slower audio.
+    plain = build_stage2(manifest, tokenizer, tmp_path / "plain.jsonl", seed=3)
+    assert [r for r in records if "speed" not in r["id"]] == list(read_jsonl(plain.output))
+    templates = load_templates(Direction.SPEECH_TO_TEXT)
+    texts = {row["id"]: row["text"] for row in map(json.loads, _lines(manifest))}
+    for i, wav in enumerate(wavs):
+        for factor, record in zip((0.9, 1.1), records[4 * i + 2 : 4 * i + 4], strict=True):
+            units = tokenizer.encode(change_speed(load_audio(wav), factor), sample_rate=SAMPLE_RATE)
+            record_id = f"utt{i}-asr-speed{factor:g}"
+            assert record == make_asr_record(
+                id=record_id,
+                units=units.to_string(),
+                transcript=texts[f"utt{i}"],
+                template=pick_template(templates, key=record_id, seed=3),
+                num_units=NUM_UNITS,
+            )
+    # Faster speech has fewer frames; the deduplicated units of the same words differ from the original's.
+    faster = tokenizer.encode(change_speed(load_audio(wavs[0]), 1.1), sample_rate=SAMPLE_RATE)
+    own = tokenizer.encode(wavs[0])
+    assert faster.ids.tolist() != own.ids.tolist() and faster.durations.sum() < own.durations.sum()
+    assert result.stats.tasks == {"asr": 18, "tts": 6} and result.stats.failed == 2
+    assert validate_file(out, stage=2, num_units=NUM_UNITS).ok
+    with pytest.raises(ValueError, match=r"other settings \(speed_perturbation\)"):
+        build_stage2(manifest, tokenizer, out, speed_perturbation=(0.9,), seed=3)
+    for bad in ((1.0,), (0.9, 0.9), (2.5,), (0.3,)):
+        with pytest.raises(ValueError, match="distinct factors in"):
+            build_stage2(manifest, tokenizer, tmp_path / "x.jsonl", speed_perturbation=bad)
+    with pytest.raises(ValueError, match="needs 'asr'"):
+        build_stage2(manifest, tokenizer, tmp_path / "x.jsonl", directions=("tts",), speed_perturbation=(1.1,))
 
 
 def test_stage2_user_templates(tokenizer, manifest, tmp_path):

@@ -236,6 +236,13 @@ def test_sizes_and_settings_from_strings():
     assert config.lora_target_modules == ("q_proj", "k_proj")
     assert config.stage2_learning_rate == 3e-4
     assert config.to_dict()["lora_target_modules"] == ["q_proj", "k_proj"]
+    assert DemoConfig().asr_speed_perturbation == (0.9, 1.1) and tiny.asr_speed_perturbation == ()
+    assert DemoConfig.from_strings("small", ["asr_speed_perturbation=0.95, 1.05"]).asr_speed_perturbation == (
+        0.95,
+        1.05,
+    )
+    assert DemoConfig.from_strings("default", ["asr_speed_perturbation="]).asr_speed_perturbation == ()
+    assert DemoConfig.from_size("small", asr_speed_perturbation=[0.9]).asr_speed_perturbation == (0.9,)  # from JSON
 
 
 @pytest.mark.parametrize(
@@ -249,6 +256,8 @@ def test_sizes_and_settings_from_strings():
         ("tiny", ["stage2_learning_rate=0"], "stage2_learning_rate must be positive, got 0.0"),
         ("tiny", ["hidden_size=100", "num_heads=3"], "hidden_size (100) must be a multiple of num_heads (3)"),
         ("tiny", ["world_size=galactic"], "unknown world_size 'galactic'"),
+        ("tiny", ["asr_speed_perturbation=fast"], "asr_speed_perturbation must be float, got 'fast'"),
+        ("tiny", ["asr_speed_perturbation=1.0"], "asr_speed_perturbation must be distinct factors in (0.5, 2)"),
     ],
 )
 def test_bad_settings_are_named(size, settings, message):
@@ -558,3 +567,16 @@ def test_only_recogniser_units_start_as_letters(tmp_path):
     assert "unit_init_tokenizer" not in stage1_command(extractor="mfcc")
     with pytest.raises(DemoError, match="unit_init must be 'letters' or 'mean', got 'noise'"):
         _config(tmp_path, unit_init="noise")
+
+
+def test_commands_name_the_speed_copies_and_the_judges_word_list(tmp_path):
+    def command(step: str, **values) -> str:
+        ctx = StepContext(_config(tmp_path, **values), tmp_path / "run")
+        return step_command(next(s for s in STEPS if s.name == step), ctx)
+
+    run = tmp_path / "run"
+    assert command("data_stage2", asr_speed_perturbation=(0.9, 1.1)).endswith("--seed 0 --speed-perturb 0.9,1.1")
+    assert "--speed-perturb" not in command("data_stage2", asr_speed_perturbation=())
+    judge = command("judge", judge_lexicon=True)
+    assert judge.endswith(f"--lexicon {run}/world/text/corpus.txt --lexicon {run}/world/text/vocabulary.txt")
+    assert "--lexicon" not in command("judge", judge_lexicon=False)

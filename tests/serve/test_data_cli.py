@@ -97,6 +97,22 @@ def test_build_stage2_in_shards_then_merge_and_validate(manifest, tokenizer_dir,
     assert checked.stdout == "" and "10 records, OK" in checked.stderr
 
 
+def test_build_stage2_with_speed_perturbed_copies(manifest, tokenizer_dir, tmp_path):
+    out = tmp_path / "speed.jsonl"
+    args = ["--stage", "2", str(manifest), "--tokenizer", str(tokenizer_dir), "-o", str(out)]
+    result = _build(*args, "--speed-perturb", "0.9,1.1")
+    assert result.exit_code == 1  # the manifest's missing and corrupt recordings
+    assert _summary(result.stdout)["tasks"] == {"asr": 15, "tts": 5}
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sum(i.endswith("-asr-speed0.9") for i in ids) == 5 and sum(i.endswith("-asr-speed1.1") for i in ids) == 5
+    for bad, message in (("fast", "expected comma-separated numbers"), ("1.0", "distinct factors in (0.5, 2)")):
+        result = _build(*args, "--speed-perturb", bad, "--overwrite")
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    result = _build("--stage", "1", str(manifest), "--tokenizer", str(tokenizer_dir), "-o", str(tmp_path / "u.txt"),
+                    "--speed-perturb", "0.9")  # fmt: skip
+    assert "--speed-perturb is ignored with --stage 1" in result.stderr
+
+
 def test_interrupted_build_resumes_to_the_same_file(manifest, tokenizer_dir, tmp_path, monkeypatch):
     args = ["--stage", "2", str(manifest), "--tokenizer", str(tokenizer_dir)]
     full = tmp_path / "full.jsonl"

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from speechgpt.audio import SAMPLE_RATE, AudioError, load_audio
+from speechgpt.audio import SAMPLE_RATE, AudioError, change_speed, load_audio
 from speechgpt.data.readers import InstructionItem, SpeechItem, read_instructions, read_speech_corpus
 from speechgpt.data.records import make_asr_record, make_com_record, make_tts_record
 from speechgpt.data.stats import BuildStats
@@ -278,6 +278,15 @@ def _report(progress: ProgressFn | None, done: int, total: int, failure: BuildFa
         progress(done, total, failure)
 
 
+def _load(tokenizer: SpeechTokenizer, audio: str | np.ndarray, name: str, sample_rate: int | None = None) -> np.ndarray:
+    """A path or a waveform at ``sample_rate`` as 16 kHz audio the tokenizer accepts.
+
+    Raises:
+        AudioError: unreadable, empty, NaN, too long or too short audio (the message names ``name``).
+    """
+    return load_audio(audio, sample_rate=sample_rate, max_seconds=getattr(tokenizer, "max_seconds", None), name=name)
+
+
 def _encode(
     tokenizer: SpeechTokenizer, audio: str | np.ndarray, name: str, sample_rate: int | None = None
 ) -> tuple[Units, float]:
@@ -286,10 +295,8 @@ def _encode(
     Raises:
         AudioError: unreadable, empty, NaN, too long or too short audio (the message names ``name``).
     """
-    max_seconds = getattr(tokenizer, "max_seconds", None)
-    wave = load_audio(audio, sample_rate=sample_rate, max_seconds=max_seconds, name=name)
-    units = tokenizer.encode(wave, sample_rate=SAMPLE_RATE, name=name)
-    return units, len(wave) / SAMPLE_RATE
+    wave = _load(tokenizer, audio, name, sample_rate)
+    return tokenizer.encode(wave, sample_rate=SAMPLE_RATE, name=name), len(wave) / SAMPLE_RATE
 
 
 def _record_failure(result: BuildResult, failure: BuildFailure) -> BuildFailure:
@@ -416,6 +423,7 @@ def build_stage2(
     out_jsonl: str | os.PathLike,
     *,
     directions: Sequence[str] = ("asr", "tts"),
+    speed_perturbation: Sequence[float] = (),
     seed: int = 0,
     templates_dir: str | os.PathLike | None = None,
     shard: int = 0,
@@ -423,16 +431,24 @@ def build_stage2(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
 ) -> BuildResult:
-    """Stage-2 (cross-modal instruction) records: for each (audio, transcript) item an ASR and a TTS record.
+    """Stage-2 (cross-modal instruction) records: for each (audio, transcript) item an ASR and a TTS record, and
+    with ``speed_perturbation`` more ASR records of the recording played faster or slower.
 
-    Record ids are ``<item id>-asr`` and ``<item id>-tts``; each record's template is
-    ``pick_template(templates, key=record id, seed=seed)``, so shards and resumed runs choose the same one.
+    Record ids are ``<item id>-asr``, ``<item id>-tts`` and ``<item id>-asr-speed<factor>`` (``-asr-speed0.9``);
+    each record's template is ``pick_template(templates, key=record id, seed=seed)``, so shards and resumed runs
+    choose the same one.
+
+    Speed perturbation changes tempo, pitch and formants together (:func:`~speechgpt.audio.change_speed`), as
+    between speakers: the model learns to read the units of more voices than the corpus has. Only ASR records get
+    copies; TTS targets stay the recordings' own units, the ones a vocoder is fitted on.
 
     Args:
         corpus_path: A speech corpus (LibriSpeech folder, Common Voice .tsv, .jsonl/.csv manifest), or several.
         tokenizer: Turns audio into units.
         out_jsonl: The JSONL file to write (as given; see :func:`shard_path` for shard names).
         directions: Which records to write per item, in this order: ``"asr"`` (speech→text), ``"tts"``.
+        speed_perturbation: Speed factors (e.g. ``(0.9, 1.1)``, each in (0.5, 2), not 1) of extra ASR records per
+            item; needs ``"asr"`` among the directions.
         seed: Changes the template assignment, reproducibly.
         templates_dir: A folder with ``speech_to_text.txt`` / ``text_to_speech.txt``; None uses the shipped ones.
         shard: Which shard of the items to build (0-based).
@@ -445,11 +461,13 @@ def build_stage2(
 
     Raises:
         ReaderError: The corpus cannot be read.
-        ValueError: Unknown directions, duplicate item ids, bad shard arguments, or other settings than a run
-            being resumed.
+        ValueError: Unknown directions, bad speed factors, duplicate item ids, bad shard arguments, or other
+            settings than a run being resumed.
     """
     started = time.perf_counter()
     directions = _check_directions(directions)
+    speeds = _check_speeds(speed_perturbation, directions)
+    names = [*directions, *(f"asr-speed{factor:g}" for factor in speeds)]
     out = Path(out_jsonl)
     templates = {name: load_templates(DIRECTIONS[name], templates_dir) for name in directions}
     items: list[SpeechItem] = [item for path in _paths(corpus_path) for item in read_speech_corpus(path)]
@@ -458,6 +476,7 @@ def build_stage2(
         "stage": 2,
         "tokenizer": _tokenizer_fingerprint(tokenizer),
         "directions": list(directions),
+        **({"speed_perturbation": list(speeds)} if speeds else {}),  # builds without it resume as before
         "seed": seed,
         "templates": {name: _digest(lines) for name, lines in templates.items()},
         "shard": shard,
@@ -469,24 +488,30 @@ def build_stage2(
     writer = ResumableJsonlWriter(out, key="id", overwrite=overwrite)
     plan: list[tuple[SpeechItem, list[str]]] = []
     for item in selected:
-        missing = [name for name in directions if f"{item.id}-{name}" not in writer.done]
-        stats.resumed += len(directions) - len(missing)
+        missing = [name for name in names if f"{item.id}-{name}" not in writer.done]
+        stats.resumed += len(names) - len(missing)
         if missing:
             plan.append((item, missing))
     with writer:
         for done, (item, missing) in enumerate(plan, start=1):
             failure = None
             try:
-                units, seconds = _encode(tokenizer, item.audio, item.audio)
+                wave = _load(tokenizer, item.audio, item.audio)
+                units = tokenizer.encode(wave, sample_rate=SAMPLE_RATE, name=item.audio)
             except AudioError as e:
                 failure = _record_failure(result, BuildFailure(item.id, str(e)))
             else:
-                stats.add_audio(seconds, len(units))
-                unit_string = units.to_string()
+                stats.add_audio(len(wave) / SAMPLE_RATE, len(units))
                 for name in missing:
                     record_id = f"{item.id}-{name}"
-                    template = pick_template(templates[name], key=record_id, seed=seed)
-                    if name == "asr":
+                    direction, _, speed = name.partition("-speed")
+                    unit_string = units.to_string()
+                    if speed:
+                        label = f"{item.audio} at speed {speed}"
+                        perturbed = change_speed(wave, float(speed))
+                        unit_string = tokenizer.encode(perturbed, sample_rate=SAMPLE_RATE, name=label).to_string()
+                    template = pick_template(templates[direction], key=record_id, seed=seed)
+                    if direction == "asr":
                         make = functools.partial(make_asr_record, transcript=item.text)
                     else:
                         make = functools.partial(make_tts_record, text=item.text)
@@ -508,6 +533,16 @@ def _check_directions(directions: Sequence[str]) -> tuple[str, ...]:
     unknown = [d for d in chosen if d not in DIRECTIONS]
     if not chosen or unknown or len(set(chosen)) != len(chosen):
         raise ValueError(f"directions must be distinct values among {sorted(DIRECTIONS)}, got {list(chosen)!r}")
+    return chosen
+
+
+def _check_speeds(speeds: Sequence[float], directions: Sequence[str]) -> tuple[float, ...]:
+    chosen = tuple(float(f) for f in speeds)
+    bad = [f for f in chosen if not 0.5 < f < 2.0 or f == 1.0]
+    if bad or len(set(chosen)) != len(chosen):
+        raise ValueError(f"speed_perturbation must be distinct factors in (0.5, 2) other than 1, got {list(speeds)!r}")
+    if chosen and "asr" not in directions:
+        raise ValueError("speed_perturbation makes ASR records: it needs 'asr' among the directions")
     return chosen
 
 

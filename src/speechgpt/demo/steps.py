@@ -378,7 +378,8 @@ def run_data_stage1(ctx: StepContext) -> StepOutput:
 
 
 def run_data_stage2(ctx: StepContext) -> StepOutput:
-    """Stage-2 cross-modal records: an ASR and a TTS instruction per training recording."""
+    """Stage-2 cross-modal records: an ASR and a TTS instruction per training recording, and ASR instructions of
+    the recording played faster and slower (``asr_speed_perturbation``)."""
     from speechgpt.data.builders import build_stage2
 
     out = ctx.path(DATA_DIR, "stage2.jsonl")
@@ -387,6 +388,7 @@ def run_data_stage2(ctx: StepContext) -> StepOutput:
         _speech_manifest(ctx, "train"),
         tokenizer,
         out,
+        speed_perturbation=ctx.config.asr_speed_perturbation,
         seed=ctx.config.seed,
         progress=_builder_progress(ctx, "ASR/TTS records"),
     )
@@ -1065,12 +1067,12 @@ STEPS: tuple[Step, ...] = (
         "data_stage2",
         "SpeechInstruct stage 2",
         run_data_stage2,
-        keys=("seed",),
+        keys=("seed", "asr_speed_perturbation"),
         after=("tokenizer",),
         clean=("data/stage2.jsonl*",),
-        budget=4,
+        budget=40,
         command="speechgpt data build --stage 2 {out}/world/speech_train.jsonl --tokenizer {out}/tokenizer "
-        "-o {out}/data/stage2.jsonl --seed {seed}",
+        "-o {out}/data/stage2.jsonl --seed {seed}{speed_option}",
     ),
     Step(
         "data_stage3",
@@ -1203,6 +1205,8 @@ def step_command(step: Step, ctx: StepContext) -> str:
     values["recognizer_option"] = f" --recognizer {ctx.out}/recognizer" if recognizer else ""
     lexicon = f" --lexicon {ctx.out}/{WORLD_DIR}/text/corpus.txt --lexicon {ctx.out}/{WORLD_DIR}/text/vocabulary.txt"
     values["judge_options"] = lexicon if config.judge_lexicon else ""
+    speeds = ",".join(f"{factor:g}" for factor in config.asr_speed_perturbation)
+    values["speed_option"] = f" --speed-perturb {speeds}" if speeds else ""
     tokens = config.eval_max_new_tokens
     values["max_new_tokens"] = "" if tokens is None else f" --max-new-tokens {tokens}"
     for stage in TRAINING_STAGES:

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soxr
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechgpt.audio import SAMPLE_RATE, AudioError, AudioSource, load_audio
+from speechgpt.audio import SAMPLE_RATE, AudioError, AudioSource, change_speed, load_audio
 from speechgpt.devices import resolve_device
 from speechgpt.eval.lexicon import LEXICON_NAME, Lexicon, LexiconCTCDecoder
 from speechgpt.eval.metrics import error_rates
@@ -582,7 +581,7 @@ def _augment(model: JudgeASR, wave: np.ndarray, args: JudgeTrainArgs, rng: np.ra
     masks."""
     if args.speed_range > 1.0:
         speed = math.exp(rng.uniform(-math.log(args.speed_range), math.log(args.speed_range)))
-        wave = soxr.resample(wave, SAMPLE_RATE, SAMPLE_RATE / speed, quality="MQ")
+        wave = change_speed(wave, speed)
     if args.max_extra_silence > 0:
         before, after = rng.integers(0, int(args.max_extra_silence * SAMPLE_RATE) + 1, size=2)
         wave = np.pad(wave, (int(before), int(after)))

@@ -66,6 +66,15 @@ def _parse_voices(voices: str | None) -> list[Any]:
         return [VoiceSettings(voice=name) for name in names]
 
 
+def _parse_speeds(text: str | None) -> tuple[float, ...]:
+    if text is None:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"--speed-perturb {text!r}: expected comma-separated numbers such as 0.9,1.1")
+
+
 @data_app.command("build")
 def build(
     inputs: Annotated[
@@ -110,6 +119,15 @@ def build(
         Path | None,
         typer.Option("--templates", help="Stage 2: folder with speech_to_text.txt and text_to_speech.txt."),
     ] = None,
+    speed_perturb: Annotated[
+        str | None,
+        typer.Option(
+            "--speed-perturb",
+            help="Stage 2: comma-separated speed factors, e.g. 0.9,1.1: one more ASR record per factor and "
+            "recording, played that much faster (tempo, pitch and formants together, as between speakers).",
+            show_default=False,
+        ),
+    ] = None,
     max_chars: Annotated[
         int, typer.Option("--max-chars", help="Stage 3: skip items whose spoken question or answer is longer.", min=1)
     ] = MAX_SPOKEN_CHARS,
@@ -131,7 +149,7 @@ def build(
       speechgpt data build --stage 1 wavs/ --tokenizer runs/tokenizer -o data/stage1.txt
 
       speechgpt data build --stage 2 LibriSpeech/train-clean-100 --tokenizer runs/tokenizer -o data/stage2.jsonl \\
-        --shard 0 --num-shards 4
+        --shard 0 --num-shards 4 --speed-perturb 0.9,1.1
 
       speechgpt data build --stage 3 alpaca.json --tokenizer runs/tokenizer -o data/stage3.jsonl \\
         --voices en-us,en+f3,en+m3 --workers 2
@@ -143,11 +161,13 @@ def build(
         "--workers": workers != 0 and stage != 3,
         "--max-chars": max_chars != MAX_SPOKEN_CHARS and stage != 3,
         "--templates": templates is not None and stage != 2,
+        "--speed-perturb": speed_perturb is not None and stage != 2,
         "--seed": seed != 0 and stage == 1,
     }
     for option, is_ignored in ignored.items():
         if is_ignored:
             warn(f"{option} is ignored with --stage {stage}")
+    speeds = _parse_speeds(speed_perturb) if stage == 2 else ()
     speech_tokenizer = _load_speech_tokenizer(tokenizer)
     engine, voice_list = None, []
     if stage == 3:
@@ -183,7 +203,15 @@ def build(
                 if stage == 1:
                     result = build_stage1(inputs, speech_tokenizer, out, **common)
                 elif stage == 2:
-                    result = build_stage2(inputs, speech_tokenizer, out, seed=seed, templates_dir=templates, **common)
+                    result = build_stage2(
+                        inputs,
+                        speech_tokenizer,
+                        out,
+                        speed_perturbation=speeds,
+                        seed=seed,
+                        templates_dir=templates,
+                        **common,
+                    )
                 else:
                     result = build_stage3(
                         inputs,
