@@ -1070,7 +1070,7 @@ STEPS: tuple[Step, ...] = (
         keys=("seed", "asr_speed_perturbation"),
         after=("tokenizer",),
         clean=("data/stage2.jsonl*",),
-        budget=40,
+        budget=4,
         command="speechgpt data build --stage 2 {out}/world/speech_train.jsonl --tokenizer {out}/tokenizer "
         "-o {out}/data/stage2.jsonl --seed {seed}{speed_option}",
     ),
