@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from speechgpt.audio import change_speed, load_audio
 from speechgpt.constants import SAMPLE_RATE
@@ -511,3 +512,14 @@ def test_stage3_resamples_an_engine_with_another_rate(tokenizer, instructions, t
     assert next(read_jsonl(out))["plain_text"].endswith(f"[ua] {expected}<eoa>")
     spoken = [ToneEngine().synthesize(item["output"]) for item in INSTRUCTIONS if item["id"] != "q3"]  # q3: too long
     assert result.stats.audio_seconds == pytest.approx(sum(len(w) for w in spoken) / 8_000)
+
+
+def test_stage2_a_copy_too_short_to_encode_fails_alone(tokenizer, tmp_path):
+    # 450 samples hold one 25 ms window; played 1.9 times as fast they hold none.
+    wave = np.random.default_rng(0).normal(0, 0.3, 450).astype(np.float32)
+    sf.write(tmp_path / "short.wav", wave, SAMPLE_RATE)
+    manifest = tmp_path / "short.jsonl"
+    manifest.write_text(json.dumps({"id": "s", "audio": str(tmp_path / "short.wav"), "text": "hi"}) + "\n")
+    result = build_stage2(manifest, tokenizer, tmp_path / "out.jsonl", speed_perturbation=(0.9, 1.9))
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["s-asr", "s-tts", "s-asr-speed0.9"]
+    assert [f.item for f in result.failures] == ["s-asr-speed1.9"] and "too short" in str(result.failures[0])

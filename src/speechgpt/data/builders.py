@@ -502,14 +502,21 @@ def build_stage2(
                 failure = _record_failure(result, BuildFailure(item.id, str(e)))
             else:
                 stats.add_audio(len(wave) / SAMPLE_RATE, len(units))
+                own_units = units.to_string()
                 for name in missing:
                     record_id = f"{item.id}-{name}"
                     direction, _, speed = name.partition("-speed")
-                    unit_string = units.to_string()
+                    unit_string = own_units
                     if speed:
                         label = f"{item.audio} at speed {speed}"
-                        perturbed = change_speed(wave, float(speed))
-                        unit_string = tokenizer.encode(perturbed, sample_rate=SAMPLE_RATE, name=label).to_string()
+                        try:
+                            perturbed = tokenizer.encode(
+                                change_speed(wave, float(speed)), sample_rate=SAMPLE_RATE, name=label
+                            )
+                        except AudioError as e:  # e.g. too short once sped up: this record alone fails
+                            failure = _record_failure(result, BuildFailure(record_id, str(e)))
+                            continue
+                        unit_string = perturbed.to_string()
                     template = pick_template(templates[direction], key=record_id, seed=seed)
                     if direction == "asr":
                         make = functools.partial(make_asr_record, transcript=item.text)
