@@ -378,8 +378,8 @@ def run_data_stage1(ctx: StepContext) -> StepOutput:
 
 
 def run_data_stage2(ctx: StepContext) -> StepOutput:
-    """Stage-2 cross-modal records: an ASR and a TTS instruction per training recording, and ASR instructions of
-    the recording played faster and slower (``asr_speed_perturbation``)."""
+    """Stage-2 cross-modal records: an ASR and a TTS instruction per training recording (and, with
+    ``asr_speed_perturbation``, ASR instructions of the recording played faster or slower)."""
     from speechgpt.data.builders import build_stage2
 
     out = ctx.path(DATA_DIR, "stage2.jsonl")
@@ -626,17 +626,23 @@ def _train_ctc_recognizer(
     return StepOutput([folder], info)
 
 
+def _judge_lexicon_files() -> tuple[str, ...]:
+    """Inside the world folder: the texts whose words (and counts) the judge spells its transcripts from."""
+    from speechgpt.data.world_speech import CORPUS_FILE, VOCABULARY_FILE  # imported late: it loads torch
+
+    return (CORPUS_FILE, VOCABULARY_FILE)
+
+
 def run_judge(ctx: StepContext) -> StepOutput:
     """Train the judge ASR on the training voices only: it never hears a held-out voice, whose speech it scores.
 
     With ``judge_lexicon`` it spells what it hears from the world's words (the corpus and the word list).
     """
-    from speechgpt.data.world_speech import CORPUS_FILE, VOCABULARY_FILE
     from speechgpt.eval.lexicon import Lexicon
 
     lexicon = None
     if ctx.config.judge_lexicon:
-        lexicon = Lexicon.from_files([ctx.path(WORLD_DIR, CORPUS_FILE), ctx.path(WORLD_DIR, VOCABULARY_FILE)])
+        lexicon = Lexicon.from_files([ctx.path(WORLD_DIR, name) for name in _judge_lexicon_files()])
     return _train_ctc_recognizer(
         ctx, steps=ctx.config.judge_steps, seed=ctx.config.seed, folder=JUDGE_DIR, lexicon=lexicon
     )
@@ -1203,8 +1209,8 @@ def step_command(step: Step, ctx: StepContext) -> str:
     values["recognizer_seed"] = config.seed + 1
     recognizer = config.extractor == "recognizer"
     values["recognizer_option"] = f" --recognizer {ctx.out}/recognizer" if recognizer else ""
-    lexicon = f" --lexicon {ctx.out}/{WORLD_DIR}/text/corpus.txt --lexicon {ctx.out}/{WORLD_DIR}/text/vocabulary.txt"
-    values["judge_options"] = lexicon if config.judge_lexicon else ""
+    words = "".join(f" --lexicon {ctx.out}/{WORLD_DIR}/{name}" for name in _judge_lexicon_files())
+    values["judge_options"] = words if config.judge_lexicon else ""
     speeds = ",".join(f"{factor:g}" for factor in config.asr_speed_perturbation)
     values["speed_option"] = f" --speed-perturb {speeds}" if speeds else ""
     tokens = config.eval_max_new_tokens
