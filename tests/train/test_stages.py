@@ -22,6 +22,7 @@ from speechgpt.train.stages import (
     MODEL_DIR,
     StageResult,
     replayed_records,
+    reshuffled_blocks,
     resolve_base_model,
     run_stage,
     run_stage0,
@@ -152,6 +153,34 @@ def test_stage0_builds_tokenizer_and_tiny_model(runs: dict[int, StageResult]) ->
     assert tokenizer.decode(tokenizer(line, add_special_tokens=False)["input_ids"]) == line
     # Packed blocks: every row is a full 64-token block but the last.
     assert runs[0].data.fill > 0.95
+
+
+def test_reshuffled_blocks_pack_every_epoch_in_a_new_seeded_order() -> None:
+    sequences = [[100 + line, 1, 2, 3, 4] for line in range(40)]  # 200 tokens: 25 blocks of 8 per copy
+    rows, epochs = reshuffled_blocks(sequences, 8, 2.5, seed=0)
+    assert epochs == pytest.approx(2.5 / 3)  # three copies, trained 5/6 of the way: 2.5 epochs of tokens
+    assert len(rows) == 75 and all(len(row["input_ids"]) == 8 for row in rows)
+    stream = [token for row in rows for token in row["input_ids"]]
+    assert stream == [token for row in rows for token in row["labels"]]
+    copies = [stream[i * 200 : (i + 1) * 200] for i in range(3)]
+    firsts = [[token for token in copy if token >= 100] for copy in copies]
+    assert all(sorted(first) == list(range(100, 140)) for first in firsts)  # each copy holds every line once
+    assert len({tuple(first) for first in firsts}) == 3  # in three different orders
+    assert reshuffled_blocks(sequences, 8, 2.5, seed=0) == (rows, epochs)
+    assert reshuffled_blocks(sequences, 8, 2.5, seed=1)[0] != rows
+    assert len(reshuffled_blocks(sequences, 8, 0.5, seed=0)[0]) == 25  # less than an epoch: one copy
+
+
+def test_stage0_reshuffle_lines_trains_on_a_copy_of_the_corpus_per_epoch(tmp_path: Path) -> None:
+    corpus = write_lines(tmp_path / "corpus.txt", corpus_lines(60))
+    settings = {"data": str(corpus), "num_epochs": 2.0, "batch_size": 8, "max_length": 64, "learning_rate": 1e-2}
+    settings.update(tokenizer_vocab_size=300, max_position_embeddings=128, **TINY_MODEL, **COMMON)
+    once = run_stage0(Stage0Config(output_dir=str(tmp_path / "once"), **settings))
+    twice = run_stage0(Stage0Config(output_dir=str(tmp_path / "twice"), reshuffle_lines=True, **settings))
+    assert twice.data.tokens == 2 * once.data.tokens  # two copies, each in its own order...
+    # ...trained once through: two epochs of tokens (one partial batch fewer, at most, as the copies are one set)
+    assert once.steps - 1 <= twice.steps <= once.steps
+    assert twice.final_loss < twice.first_loss
 
 
 def test_stage1_expands_the_vocabulary_in_released_order(runs: dict[int, StageResult]) -> None:

@@ -163,7 +163,8 @@ class TrainConfig:
 class Stage0Config(TrainConfig):
     """Stage 0 (embedded world only): a text tokenizer and a tiny Llama trained from nothing on a text corpus.
 
-    ``data`` is plain text, one sentence per line; lines are packed into blocks of ``max_length`` tokens.
+    ``data`` is plain text, one sentence per line; lines are packed into blocks of ``max_length`` tokens (in a new
+    order every epoch with ``reshuffle_lines``).
     """
 
     output_dir: str = "runs/stage0"
@@ -189,6 +190,13 @@ class Stage0Config(TrainConfig):
     """MLP width; ``None`` lets :func:`speechgpt.lm.tiny_llama_config` choose."""
     max_position_embeddings: int = 2048
     """Longest sequence the model will ever see (stages 1-3 and inference included)."""
+    reshuffle_lines: bool = False
+    """Pack the lines in a new seeded order every epoch. The world's lines are independent facts and questions;
+    packed once, every epoch shows each line after the same neighbours, and a long run learns the corpus by its
+    neighbours instead of by its questions: 24 epochs of the demo's corpus reached loss 0.02, yet only 35 of 60
+    typed training questions, asked alone, were answered right; reshuffled, 24 epochs answered 59 (loss 0.60).
+    Off by default: at the demo's 8 epochs it changed little (14 of 60 against 16), and the whole demo with it
+    measured held-out ASR WER 21.1% against 23.6%, spoken-question text answers 18% against 27% (30 questions)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

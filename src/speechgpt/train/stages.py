@@ -16,8 +16,10 @@ Each function reads top to bottom; what they share (loading, vocabulary, saving)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -237,6 +239,24 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def reshuffled_blocks(
+    sequences: list[list[int]], block_size: int, num_epochs: float, *, seed: int
+) -> tuple[list[dict[str, list[int]]], float]:
+    """Blocks of ``ceil(num_epochs)`` copies of the sequences, each copy packed in its own seeded order, and the
+    epochs to train over them so that training sees as many tokens as ``num_epochs`` over one copy.
+
+    The rows are a pure function of the arguments, so a resumed run trains on exactly the rows it started with.
+    """
+    copies = max(1, math.ceil(num_epochs))
+    rng = random.Random(seed)
+    rows: list[dict[str, list[int]]] = []
+    for _ in range(copies):
+        order = list(range(len(sequences)))
+        rng.shuffle(order)
+        rows.extend(pack_blocks([sequences[i] for i in order], block_size))
+    return rows, num_epochs / copies
+
+
 def _rows_per_line(sequences: list[list[int]], max_length: int) -> list[dict[str, list[int]]]:
     """One row per sequence, truncated (the unpacked alternative to :func:`pack_blocks`)."""
     return [{"input_ids": s[:max_length], "labels": s[:max_length]} for s in sequences if len(s) >= 2]
@@ -381,19 +401,29 @@ def run_stage0(config: Stage0Config) -> StageResult:
     )
     model = create_model(model_config, seed=config.seed)
     logger.info("stage 0: tiny Llama of %s parameters, vocabulary %d", f"{model.num_parameters():,}", len(tokenizer))
-    return _train_on_blocks(0, config, model, tokenizer, encode_text_lines(lines, tokenizer))
+    sequences = encode_text_lines(lines, tokenizer)
+    return _train_on_blocks(0, config, model, tokenizer, sequences, reshuffle=config.reshuffle_lines)
 
 
 def _train_on_blocks(
-    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]]
+    stage: int, config: TrainConfig, model: Any, tokenizer: Any, sequences: list[list[int]], *, reshuffle: bool = False
 ) -> StageResult:
     """Stages 0 and 1: causal LM on token sequences cut into blocks of ``max_length`` (one row per sequence when
-    ``packing`` is off), trained, saved with the tokenizer to ``OUTPUT/model``."""
-    rows = pack_blocks(sequences, config.max_length) if config.packing else _rows_per_line(sequences, config.max_length)
+    ``packing`` is off), trained, saved with the tokenizer to ``OUTPUT/model``.
+
+    With ``reshuffle`` (and packing), every epoch packs the sequences in a new order (:func:`reshuffled_blocks`)."""
+    schedule = config
+    if not config.packing:
+        rows = _rows_per_line(sequences, config.max_length)
+    elif reshuffle:
+        rows, epochs = reshuffled_blocks(sequences, config.max_length, config.num_epochs, seed=config.seed)
+        schedule = dataclasses.replace(config, num_epochs=epochs)
+    else:
+        rows = pack_blocks(sequences, config.max_length)
     stats = PackingStats.of(rows, config.batch_size)
     attention = _prepare_for_training(model, config, packed=False)
     collator = RowCollator(_pad_id(tokenizer), PAD_TO_MULTIPLE_OF)
-    outcome = run_training(model, RowDataset(rows), collator, config, title=f"stage {stage}")
+    outcome = run_training(model, RowDataset(rows), collator, schedule, title=f"stage {stage}")
     _save_trained(outcome, tokenizer, Path(config.output_dir) / MODEL_DIR, attention)
     _write_config(config, outcome)
     return _result(stage, config, outcome, stats)
