@@ -194,9 +194,10 @@ class Stage0Config(TrainConfig):
     """Pack the lines in a new seeded order every epoch. The world's lines are independent facts and questions;
     packed once, every epoch shows each line after the same neighbours, and a long run learns the corpus by its
     neighbours instead of by its questions: 24 epochs of the demo's corpus reached loss 0.02, yet only 35 of 60
-    typed training questions, asked alone, were answered right; reshuffled, 24 epochs answered 59 (loss 0.60).
-    Off by default: at the demo's 8 epochs it changed little (14 of 60 against 16), and the whole demo with it
-    measured held-out ASR WER 21.1% against 23.6%, spoken-question text answers 18% against 27% (30 questions)."""
+    typed training questions, asked alone, were answered right; reshuffled, 24 epochs answered 57 (loss 0.64), and
+    25 of 60 held-out ones (6 after the demo's 8 epochs).
+    Off by default: the whole demo with it (8 epochs) measured held-out ASR WER 21.1% against 23.6%, but spoken
+    questions answered in text 18% against 27% (30 questions) and TTS judge WER 30.1% against 24.9%."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
