@@ -45,6 +45,7 @@ from speechgpt.train.config import (
 )
 from speechgpt.train.data import (
     PackingStats,
+    Row,
     RowCollator,
     RowDataset,
     encode_records,
@@ -241,7 +242,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 def reshuffled_blocks(
     sequences: list[list[int]], block_size: int, num_epochs: float, *, seed: int
-) -> tuple[list[dict[str, list[int]]], float]:
+) -> tuple[list[Row], float]:
     """Blocks of ``ceil(num_epochs)`` copies of the sequences, each copy packed in its own seeded order, and the
     epochs to train over them so that training sees as many tokens as ``num_epochs`` over one copy.
 
@@ -249,7 +250,7 @@ def reshuffled_blocks(
     """
     copies = max(1, math.ceil(num_epochs))
     rng = random.Random(seed)
-    rows: list[dict[str, list[int]]] = []
+    rows: list[Row] = []
     for _ in range(copies):
         order = list(range(len(sequences)))
         rng.shuffle(order)
@@ -257,7 +258,7 @@ def reshuffled_blocks(
     return rows, num_epochs / copies
 
 
-def _rows_per_line(sequences: list[list[int]], max_length: int) -> list[dict[str, list[int]]]:
+def _rows_per_line(sequences: list[list[int]], max_length: int) -> list[Row]:
     """One row per sequence, truncated (the unpacked alternative to :func:`pack_blocks`)."""
     return [{"input_ids": s[:max_length], "labels": s[:max_length]} for s in sequences if len(s) >= 2]
 
@@ -353,7 +354,7 @@ def _attention_kernel(config: TrainConfig, *, packed: bool) -> str:
     return "segmented" if config.attention == "auto" and packed else config.attention
 
 
-def _pack_rows(examples: list[Any], config: TrainConfig) -> list[dict[str, list[int]]]:
+def _pack_rows(examples: list[Any], config: TrainConfig) -> list[Row]:
     if not config.packing:
         return pad_examples(examples)
     share = config.share_prefix and _attention_kernel(config, packed=True) == "segmented"  # the kernel that reads them
