@@ -197,11 +197,14 @@ class DemoConfig:
     ``mfcc`` or ``logmel`` (no training step; units that depend more on the voice)."""
     recognizer_steps: int = 800
     """Training steps of that recogniser (its architecture is the judge's)."""
-    clusters: int = 800
-    """Speech units (k-means clusters). More clusters keep more of what was said: from the same recogniser, the
-    vocoder's resynthesis of 240 held-out-voice recordings scored judge WER 22.3% at 200 clusters, 20.8% at 400,
-    20.2% at 800 and 20.6% at 1,000, and the stage-2 model's held-out ASR WER went from 0.208 (200) to 0.181 (800)
-    at the same number of steps. Units come at 22 per second instead of 18, so stage 3 takes ~35 s more."""
+    clusters: int = 200
+    """Speech units (k-means clusters). More clusters keep more of what was said, but cost time the demo does not
+    have. From the same recogniser, the vocoder's resynthesis of 240 held-out-voice recordings scored judge WER 22.3%
+    at 200 clusters, 20.8% at 400, 20.2% at 800 and 20.6% at 1,000, and the stage-2 model's held-out ASR WER went
+    from 0.208 (200) to 0.181 (800) at the same number of steps (``--set clusters=800 --set stage2_num_epochs=2.3``).
+    The whole demo at 800: ASR 20.0% (23.6%), vocoder 20.2%, TTS 24.9% (same), spoken QA 17.5/8.8% on 80 questions
+    (20.0/10.0%), but 15.0 minutes plus the install instead of 12.7: k-means took 44 s (25), stage 2 338 s (272)
+    and stage 3 212 s (167)."""
     kmeans_iterations: int = 20
     kmeans_max_frames: int = 200_000
     """k-means trains on a uniform sample of at most this many frames."""
@@ -257,12 +260,11 @@ class DemoConfig:
     copies; 120 sentences). One copy alone: 0.202 and 0.312; one copy and as many speech-output records: 0.215 and
     0.240."""
 
-    stage2_num_epochs: float = 2.3
+    stage2_num_epochs: float = 2.5
     """Each training recording is a transcription record and a speech-output record. With the meta instruction
     computed once per row (``stage2_pack_length``), 2.5 epochs took the time 1.5 padded epochs took (291 s against
-    290 s), and the stage-2 model's held-out ASR WER fell from 0.32 to 0.23 (240 recordings). With 800 units a
-    record is longer: 2.3 epochs are the 2,150 steps that 2.5 epochs were at 200 units (held-out ASR WER 0.181,
-    against 0.184 at 2.5 epochs)."""
+    290 s), and the stage-2 model's held-out ASR WER fell from 0.32 to 0.23 (240 recordings). With 800 units (see
+    ``clusters``) a record is longer: 2.3 epochs are the 2,150 steps that 2.5 epochs are at 200 units."""
     stage2_max_steps: int | None = None
     stage2_learning_rate: float = 1e-3
     """Learning to read units is sensitive to it: ASR-only runs (1,200 steps of 8 records, recogniser units) reached
