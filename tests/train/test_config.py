@@ -131,6 +131,8 @@ def test_stage_specific_checks(tmp_path) -> None:
         load_config(Stage0Config, overrides=["hidden_size=100", "num_heads=3"])
     with pytest.raises(ConfigError, match=r"max_length \(4096\) exceeds max_position_embeddings \(2048\)"):
         Stage0Config(max_length=4096)
+    with pytest.raises(ConfigError, match="reshuffle_lines needs packing"):
+        load_config(Stage0Config, overrides=["reshuffle_lines=true", "packing=false"])
     with pytest.raises(ConfigError, match=r"lora_dropout must be in \[0, 1\)"):
         Stage3Config(lora_dropout=1.5)
     with pytest.raises(ConfigError, match="lora_target_modules must name at least one module"):

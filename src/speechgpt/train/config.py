@@ -212,6 +212,8 @@ class Stage0Config(TrainConfig):
             raise ConfigError(
                 f"max_length ({self.max_length}) exceeds max_position_embeddings ({self.max_position_embeddings})"
             )
+        if self.reshuffle_lines and not self.packing:
+            raise ConfigError("reshuffle_lines needs packing: unpacked rows are already shuffled every epoch")
 
 
 @dataclass
